@@ -1,0 +1,23 @@
+"""laudnet: latency-aware dynamic neural networks that really run faster.
+
+Build a dynamic network (``create_model`` or ``convert`` a torchvision model), train it in
+``masked`` execution with the Gumbel gates and a compute budget, then run it in ``sparse``
+execution, which skips the work the gates turned off.
+"""
+
+from .config import PARADIGMS, StageConfig
+from .dynamic import (NetworkStats, backbone_state_dict, clear_decisions, gate_parameters,
+                      load_backbone, set_decisions, set_execution, stats)
+from .flops import static_macs
+from .gates import set_temperature, temperature_schedule
+from .models import convert, create_model, list_models
+from .train.losses import flops_budget_loss, rate_bounds
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PARADIGMS", "NetworkStats", "StageConfig", "backbone_state_dict", "clear_decisions", "convert",
+    "create_model", "flops_budget_loss", "gate_parameters", "list_models", "load_backbone",
+    "rate_bounds", "set_decisions", "set_execution", "set_temperature", "static_macs", "stats",
+    "temperature_schedule",
+]

@@ -1,0 +1,7 @@
+"""Dynamic blocks, one file per backbone family."""
+
+from .base import EXECUTION_MODES, BlockRecord, Decision, DynamicBlock, FixedDecisions, Unit
+from .resnet import DynamicBasicBlock, DynamicBottleneck
+
+__all__ = ["EXECUTION_MODES", "BlockRecord", "Decision", "DynamicBasicBlock", "DynamicBlock",
+           "DynamicBottleneck", "FixedDecisions", "Unit"]

@@ -1,0 +1,180 @@
+"""Model-wide control of dynamic networks and their statistics.
+
+``set_execution`` picks how blocks compute, ``set_decisions`` / ``clear_decisions`` override
+the gates with fixed random decisions (benchmarks, predictor validation), ``stats`` reports
+what the last forward pass did: activation rates and the FLOPs the sparse path executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .blocks.base import EXECUTION_MODES, BlockRecord, DynamicBlock, FixedDecisions
+from .flops import static_macs
+from .gates import Masker
+
+
+def dynamic_blocks(model: nn.Module) -> list[tuple[str, DynamicBlock]]:
+    """``(name, block)`` of every dynamic block of ``model``, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicBlock)]
+
+
+def _blocks_or_raise(model: nn.Module) -> list[tuple[str, DynamicBlock]]:
+    blocks = dynamic_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no dynamic blocks; build one with "
+                         "laudnet.create_model or laudnet.convert")
+    return blocks
+
+
+def set_execution(model: nn.Module, mode: str) -> nn.Module:
+    """Make every dynamic block compute in ``mode``: ``masked`` (dense × decisions,
+    differentiable), ``sparse`` (skips the work; inference only) or ``static`` (no gates)."""
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f"execution mode {mode!r} is unknown; allowed: {', '.join(EXECUTION_MODES)}")
+    for _, block in _blocks_or_raise(model):
+        block.execution = mode
+    return model
+
+
+def set_decisions(model: nn.Module, rate: float, seed: int = 0) -> nn.Module:
+    """Override every gate with fixed random decisions of activation rate ``rate``.
+
+    Per sample, ``round(rate × n)`` of a spatial gate's patches or a channel gate's groups
+    are on; a layer gate is on with probability ``rate``. In ``layer+X`` blocks both gates
+    get the rate. Decisions depend only on ``seed``, the block and the input shape.
+    """
+    for index, (_, block) in enumerate(_blocks_or_raise(model)):
+        block.fixed = FixedDecisions(rate, seed * 100_003 + index)
+    return model
+
+
+def clear_decisions(model: nn.Module) -> nn.Module:
+    """Return every block to its gates after :func:`set_decisions`."""
+    for _, block in _blocks_or_raise(model):
+        block.fixed = None
+    return model
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the maskers (trained with their own learning rate, no weight decay)."""
+    return [p for m in model.modules() if isinstance(m, Masker) for p in m.parameters()]
+
+
+def backbone_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict without the maskers: the static network's weights."""
+    gate_names = {f"{name}." for name, m in model.named_modules() if isinstance(m, Masker)}
+    return {k: v for k, v in model.state_dict().items() if not any(k.startswith(g) for g in gate_names)}
+
+
+def load_backbone(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load a static network's weights (e.g. torchvision's) into a dynamic model.
+
+    Strict on the backbone: every backbone entry must be present with its shape, and no
+    unknown entry is accepted; only the maskers keep their own initialisation.
+    """
+    expected = backbone_state_dict(model)
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"state dict does not match the backbone: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    model.load_state_dict(state_dict, strict=False)
+
+
+@dataclass
+class BlockStats:
+    """Statistics of one block in the last forward pass (per-sample tensors detached)."""
+
+    name: str
+    paradigm: str
+    granularity: int | None
+    rate: Tensor
+    macs: Tensor
+    static_macs: int
+
+    @property
+    def mean_rate(self) -> float:
+        return float(self.rate.mean())
+
+
+@dataclass
+class NetworkStats:
+    """What the last forward pass of a dynamic network did.
+
+    ``flops`` are MACs per sample (batch mean) that the sparse path executes, maskers and
+    halo recomputation included; ``static_flops`` those of the same network without gates.
+    """
+
+    blocks: list[BlockStats]
+    flops_per_sample: Tensor
+    static_flops: int
+
+    @property
+    def rates(self) -> dict[str, Tensor]:
+        """Per-block activation rate of each sample."""
+        return {b.name: b.rate for b in self.blocks}
+
+    @property
+    def mean_rates(self) -> dict[str, float]:
+        """Per-block activation rate, batch mean."""
+        return {b.name: b.mean_rate for b in self.blocks}
+
+    @property
+    def flops(self) -> float:
+        return float(self.flops_per_sample.mean())
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops / self.static_flops
+
+    def summary(self) -> str:
+        """A plain-text table of the blocks and the totals."""
+        lines = [f"{'block':<16}{'paradigm':<15}{'gran':>5}{'rate':>8}{'MMACs':>10}{'static':>10}"]
+        for b in self.blocks:
+            lines.append(f"{b.name:<16}{b.paradigm:<15}{b.granularity or '-':>5}{b.mean_rate:>8.3f}"
+                         f"{float(b.macs.mean()) / 1e6:>10.2f}{b.static_macs / 1e6:>10.2f}")
+        lines.append(f"total: {self.flops / 1e9:.3f} GMACs of {self.static_flops / 1e9:.3f} static "
+                     f"({self.flops_ratio:.1%})")
+        return "\n".join(lines)
+
+
+def network_macs(model: nn.Module) -> tuple[Tensor, int, list[tuple[str, BlockRecord]]]:
+    """Per-sample MACs of the last forward pass (differentiable in training), static MACs,
+    and the block records. The non-block part (stem, head) counts as static."""
+    blocks = _blocks_or_raise(model)
+    records = [(name, block.last) for name, block in blocks]
+    if any(record is None for _, record in records):
+        raise RuntimeError("run a forward pass before asking for statistics")
+    input_shape = getattr(model, "input_shape", None)
+    if input_shape is None:
+        raise ValueError("statistics need the network input shape; use a model built by laudnet")
+    cache = model.__dict__.setdefault("_static_macs_cache", {})
+    if input_shape not in cache:
+        cache[input_shape] = static_macs(model, input_shape)
+    static = cache[input_shape]
+    dynamic = static - sum(r.static_macs for _, r in records) + sum(r.macs for _, r in records)
+    return dynamic, static, records
+
+
+def stats(model: nn.Module) -> NetworkStats:
+    """Statistics of the last forward pass of ``model`` (see :class:`NetworkStats`)."""
+    dynamic, static, records = network_macs(model)
+    blocks = [BlockStats(name, b.config.paradigm, b.config.granularity, r.rate.detach(), r.macs.detach(),
+                         r.static_macs) for (name, r), (_, b) in zip(records, dynamic_blocks(model))]
+    return NetworkStats(blocks, dynamic.detach(), static)
+
+
+@torch.no_grad()
+def count_executed_macs(model: nn.Module, x: Tensor) -> int:
+    """MACs actually executed by a forward pass, counted by ``torch.utils.flop_counter``
+    (which counts 2 FLOPs per MAC). Used to check the analytic counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2

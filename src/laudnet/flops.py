@@ -1,0 +1,73 @@
+"""Static and dynamic FLOPs.
+
+FLOPs are counted as multiply-accumulates (MACs) of convolutions and linear layers, the
+convention of the papers ("ResNet-50 has 4.1 GFLOPs"). ``torch.utils.flop_counter``
+counts two FLOPs per MAC; ``static_macs`` equals half its total.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_macs(conv: nn.Conv2d, out_height: int, out_width: int,
+              in_channels: int | None = None, out_channels: int | None = None) -> int:
+    """MACs of ``conv`` producing an ``out_height × out_width`` map, optionally with only
+    ``in_channels`` / ``out_channels`` of its channels (channel slicing)."""
+    kh, kw = conv.kernel_size
+    cin = conv.in_channels if in_channels is None else in_channels
+    cout = conv.out_channels if out_channels is None else out_channels
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    per_output = kh * kw * (1 if depthwise else cin // conv.groups)
+    return per_output * cout * out_height * out_width
+
+
+def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+    """Output map size of ``conv`` for an ``height × width`` input."""
+    sizes = []
+    for n, k, s, p, d in zip((height, width), conv.kernel_size, conv.stride, conv.padding, conv.dilation):
+        sizes.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
+    return sizes[0], sizes[1]
+
+
+def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs per sample of ``model`` without gates, for inputs of shape ``(C, H, W)``.
+
+    Runs one forward pass on zeros with every dynamic block in ``static`` execution and
+    counts convolutions and linear layers outside the maskers. Works for plain torchvision
+    models too. Block records, execution modes and train/eval flags are restored.
+    """
+    from .blocks.base import DynamicBlock
+    from .gates import Masker
+
+    inside_maskers = {id(sub) for m in model.modules() if isinstance(m, Masker) for sub in m.modules()}
+    blocks = [m for m in model.modules() if isinstance(m, DynamicBlock)]
+    saved_blocks = [(b, b.execution, b.last) for b in blocks]
+    saved_training = [(m, m.training) for m in model.modules()]
+    total = 0
+
+    def count(module: nn.Module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += conv_macs(module, output.shape[-2], output.shape[-1])
+        else:
+            total += module.in_features * module.out_features * (output.numel() // output.shape[-1])
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inside_maskers]
+    try:
+        model.eval()
+        for block in blocks:
+            block.execution = "static"
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block, execution, last in saved_blocks:
+            block.execution, block.last = execution, last
+        for module, training in saved_training:
+            module.training = training
+    return total

@@ -1,0 +1,25 @@
+"""Dynamic model builders, the registry and conversion from torchvision."""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+from .base import DynamicNetwork
+from .registry import create_model, list_models, register_model
+from .resnet import DynamicResNet, convert_resnet
+
+
+def convert(model: nn.Module, **kwargs) -> DynamicNetwork:
+    """Dynamic copy of a torchvision model, all its weights unchanged.
+
+    Keyword arguments are those of the dynamic model (``paradigm``, ``granularity``,
+    ``gate_scale``, ``input_size``). With every gate open the copy computes the same
+    function as ``model``.
+    """
+    if isinstance(model, torchvision.models.ResNet):
+        return convert_resnet(model, **kwargs)
+    raise ValueError(f"cannot convert {type(model).__name__}; supported: torchvision ResNet")
+
+
+__all__ = ["DynamicNetwork", "DynamicResNet", "convert", "create_model", "list_models", "register_model"]

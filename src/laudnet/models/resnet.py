@@ -1,0 +1,176 @@
+"""Dynamic ResNets: torchvision's ImageNet ResNets and the CIFAR-style ResNets of He et al.
+
+The layout and the parameter names are those of ``torchvision.models.resnet``; only the
+blocks are dynamic. CIFAR-style ResNet-(6n+2) has a 3×3 stem without max-pooling and three
+stages of n BasicBlocks with 16/32/64 channels (the variant LC-Net evaluates). Its
+shortcuts, where shapes change, are 1×1 convolutions with batch norm (option B).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Type, Union
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import conv1x1, conv3x3
+
+from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
+from ..config import GranularitySpec, ParadigmSpec, stage_configs
+from .base import DynamicNetwork
+from .registry import register_model
+
+Block = Type[Union[DynamicBasicBlock, DynamicBottleneck]]
+
+DEFAULT_GRANULARITY = {
+    "imagenet": {"spatial": (4, 4, 2, 1), "channel": (4, 4, 4, 4)},
+    "cifar": {"spatial": (4, 2, 1), "channel": (4, 4, 4)},
+}
+
+
+class DynamicResNet(DynamicNetwork):
+    """ResNet whose residual blocks skip patches, channel groups or whole blocks per input.
+
+    Args:
+        block: ``DynamicBasicBlock`` or ``DynamicBottleneck``.
+        layers: blocks per stage.
+        paradigm: per-stage paradigm spec, e.g. ``"spatial"`` or ``"spatial-spatial-channel-layer"``.
+        granularity: per-stage S or G, e.g. ``"4-4-2-1"``; ``None`` takes the defaults.
+        num_classes: classifier outputs.
+        cifar: CIFAR-style stem and widths (16/32/64) instead of the ImageNet ones.
+        in_channels: image channels (1 for grayscale data).
+        input_size: nominal input side, used to check that S fits the feature maps.
+        gate_scale: learned output scale of kept channel groups / blocks (LC-Net).
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: list[int],
+        paradigm: ParadigmSpec = "spatial",
+        granularity: GranularitySpec = None,
+        num_classes: int = 1000,
+        cifar: bool = False,
+        in_channels: int = 3,
+        input_size: int | None = None,
+        gate_scale: bool = False,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        widths = (16, 32, 64) if cifar else (64, 128, 256, 512)
+        if len(layers) != len(widths):
+            raise ValueError(f"layers must give {len(widths)} stage depths, got {layers}")
+        input_size = input_size or (32 if cifar else 224)
+        side = input_size if cifar else math.ceil(math.ceil(input_size / 2) / 2)
+        feature_sizes = []
+        for stage in range(len(widths)):
+            side = side if stage == 0 else math.ceil(side / 2)
+            feature_sizes.append(side)
+        self.stage_configs = stage_configs(paradigm, granularity, feature_sizes, widths,
+                                           DEFAULT_GRANULARITY["cifar" if cifar else "imagenet"])
+        self.cifar = cifar
+        self.inplanes = widths[0]
+        if cifar:
+            self.conv1 = conv3x3(in_channels, self.inplanes)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for stage, (width, depth, config) in enumerate(zip(widths, layers, self.stage_configs)):
+            stride = 1 if stage == 0 else 2
+            setattr(self, f"layer{stage + 1}", self._make_layer(block, width, depth, stride, config, gate_scale))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
+
+        for name, m in self.named_modules():
+            if "masker" in name:
+                continue
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (DynamicBasicBlock, DynamicBottleneck)):
+                    nn.init.constant_(m.units()[-1].norm.weight, 0)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, config, gate_scale: bool) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, config=config, gate_scale=gate_scale)]
+        self.inplanes = planes * block.expansion
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, config=config, gate_scale=gate_scale))
+        return nn.Sequential(*layers)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.stage_configs))]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+_IMAGENET = {
+    "resnet18": (DynamicBasicBlock, [2, 2, 2, 2]),
+    "resnet34": (DynamicBasicBlock, [3, 4, 6, 3]),
+    "resnet50": (DynamicBottleneck, [3, 4, 6, 3]),
+    "resnet101": (DynamicBottleneck, [3, 4, 23, 3]),
+    "resnet152": (DynamicBottleneck, [3, 8, 36, 3]),
+}
+
+
+def _imagenet_builder(name: str):
+    block, layers = _IMAGENET[name]
+
+    def build(**kwargs) -> DynamicResNet:
+        return DynamicResNet(block, layers, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"Dynamic {name} (torchvision layout); keyword arguments as ``DynamicResNet``."
+    return build
+
+
+def _cifar_builder(depth: int):
+    def build(**kwargs) -> DynamicResNet:
+        kwargs.setdefault("num_classes", 10)
+        return DynamicResNet(DynamicBasicBlock, [(depth - 2) // 6] * 3, cifar=True, **kwargs)
+
+    build.__name__ = f"cifar_resnet{depth}"
+    build.__doc__ = f"Dynamic CIFAR-style ResNet-{depth}; keyword arguments as ``DynamicResNet``."
+    return build
+
+
+for _name in _IMAGENET:
+    register_model(_imagenet_builder(_name))
+for _depth in (20, 32, 44, 56, 110):
+    register_model(_cifar_builder(_depth))
+
+
+def convert_resnet(model: torchvision.models.ResNet, **kwargs) -> DynamicResNet:
+    """Dynamic copy of a torchvision ResNet holding all its weights unchanged."""
+    from ..dynamic import load_backbone
+
+    first = model.layer1[0]
+    block = DynamicBottleneck if isinstance(first, torchvision.models.resnet.Bottleneck) else DynamicBasicBlock
+    plain = getattr(first, "conv2").groups == 1 and (
+        block is DynamicBasicBlock or first.conv1.out_channels * 4 == first.conv3.out_channels
+    )
+    if not plain:
+        raise ValueError("only plain torchvision ResNets (resnet18..152) can be converted; "
+                         "ResNeXt and wide ResNets are not supported")
+    layers = [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
+    dynamic = DynamicResNet(block, layers, num_classes=model.fc.out_features,
+                            in_channels=model.conv1.in_channels, **kwargs)
+    load_backbone(dynamic, model.state_dict())
+    parameter = next(model.parameters())
+    return dynamic.to(device=parameter.device, dtype=parameter.dtype).train(model.training)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+from torch import nn
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial statistics and affine parameters, so that tests
+    see the effect of BN shifts (e.g. the response of a fully skipped branch)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4) -> None:
+    """Max abs difference at most ``tol`` relative to the output scale."""
+    scale = expected.abs().max().clamp_min(1e-6)
+    err = float((actual - expected).abs().max() / scale)
+    assert err <= tol, f"relative max difference {err:.2e} > {tol}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
