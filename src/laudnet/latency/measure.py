@@ -1,0 +1,83 @@
+"""Honest wall-clock measurement on a shared machine: interleave the candidates.
+
+Timing A then B on a noisy machine compares two different moments. Interleaving
+(A B A B …) in one process exposes both to the same noise; the median of the per-round
+ratios, with its spread, is the figure to report.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Per-round times in seconds of one candidate."""
+
+    times: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return 1e3 * statistics.median(self.times)
+
+
+@dataclass
+class Ratio:
+    """Per-round ratios ``baseline / candidate`` (a speedup when > 1)."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Interquartile range of the per-round ratios."""
+        if len(self.values) < 2:
+            return self.values[0], self.values[0]
+        q = statistics.quantiles(self.values, n=4)
+        return q[0], q[2]
+
+    def __str__(self) -> str:
+        low, high = self.spread
+        return f"{self.median:.2f}x (IQR {low:.2f}-{high:.2f})"
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(candidates: Mapping[str, Callable[[], object]], repeats: int = 20, warmup: int = 3,
+                device: torch.device | None = None) -> dict[str, Timing]:
+    """Time each candidate once per round, round after round, in a rotating order.
+
+    ``candidates`` are zero-argument callables (wrap them with ``torch.no_grad`` yourself).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        for name in order:
+            _sync(device)
+            start = time.perf_counter()
+            candidates[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(t) for name, t in times.items()}
+
+
+def ratio(timings: Mapping[str, Timing], baseline: str, candidate: str) -> Ratio:
+    """Per-round ``baseline / candidate`` time ratios."""
+    return Ratio([b / c for b, c in zip(timings[baseline].times, timings[candidate].times)])
