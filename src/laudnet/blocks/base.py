@@ -13,15 +13,26 @@ A residual block computes ``out = act(identity + branch(x))``; its branch is a c
 - ``layer+spatial`` / ``layer+channel``: the layer gate multiplies the gated branch.
 
 ``masked`` execution computes the dense branch and multiplies (differentiable, for
-training). ``sparse`` execution skips the work: it gathers the active patches with the halo
-their convolutions need, slices weights to the active channels, runs blocks only for the
-samples whose layer gate is on. ``static`` runs the original block without gates.
-Subclasses only declare their units, their shortcut and their output activation.
+training). ``sparse`` execution skips the work (inference only). Feature maps are
+channels-last pixel rows (:mod:`laudnet.sparse.pixels`), batch norms are folded into the
+convolutions, and every unit is a GEMM on gathered rows:
+
+- spatial: each unit is computed only at the pixels the next unit needs (the active output
+  pixels, dilated by the receptive fields of the later units: the halo is computed once,
+  not per patch); the result is added to the identity at the active pixels only;
+- channel: the weights are sliced to the active channel groups (samples that share a
+  channel mask run together);
+- layer: the branch runs only for the samples whose gate is on.
+
+A unit whose needed pixels cover most of its map (``DENSE_FRACTION``) computes all of them:
+gathering would cost more than the extra pixels. ``static`` runs the original block
+without gates. Subclasses only declare their units, their shortcut and their output
+activation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,10 +42,15 @@ from torch.nn import functional as F
 from ..config import StageConfig
 from ..flops import conv_macs, conv_output_size
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
-from ..sparse import (PatchIndex, expand_groups, gather_windows, samples_by_channels,
-                      scatter_add_patches, upsample_mask, window_chain, window_validity)
+from ..sparse import expand_groups, samples_by_channels
+from ..sparse.packed import PackedConv, pack_key
+from ..sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
+                             receptive_mask, upsample_mask)
 
 EXECUTION_MODES = ("masked", "sparse", "static")
+
+DENSE_FRACTION = 0.85
+"""Share of a unit's output pixels above which sparse execution computes all of them."""
 
 
 @dataclass
@@ -131,6 +147,7 @@ class DynamicBlock(nn.Module):
         self.fixed: FixedDecisions | None = None
         self.last: BlockRecord | None = None
         self.inner_channels = inner_channels
+        self._packed_cache: tuple[tuple, list[PackedConv]] | None = None
         self.spatial_masker = (SpatialMasker(in_channels, config.granularity, stride)
                                if config.spatial else None)
         self.channel_masker = (ChannelMasker(in_channels, inner_channels, config.granularity, gate_scale)
@@ -165,6 +182,11 @@ class DynamicBlock(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
+        if self.execution == "sparse":
+            if self.training:
+                raise RuntimeError("sparse execution is for inference: call model.eval() first, "
+                                   "or use set_execution(model, 'masked') for training")
+            x = x.contiguous(memory_format=torch.channels_last)
         identity = x if self.downsample is None else self.downsample(x)
         if self.execution == "static" or self.config.paradigm == "none":
             out = self._finish(identity + self.run_units(x))
@@ -172,10 +194,10 @@ class DynamicBlock(nn.Module):
             return out
         decision = self.decide(x)
         if self.execution == "masked":
-            out = self._forward_masked(x, identity, decision)
+            out, unit_masks = self._forward_masked(x, identity, decision), None
         else:
-            out = self._forward_sparse(x, identity, decision)
-        self.last = self._record(x, decision)
+            out, unit_masks = self._forward_sparse(x, identity, decision)
+        self.last = self._record(x, decision, unit_masks)
         return out
 
     def _finish(self, out: Tensor) -> Tensor:
@@ -201,6 +223,12 @@ class DynamicBlock(nn.Module):
                     h = h * scale[:, :, None, None]
         return h
 
+    def _spatial_mask(self, d: Decision, out_size: tuple[int, int]) -> Tensor:
+        """Full-resolution ``(B, H_out, W_out)`` mask of the output pixels the branch adds,
+        the layer gate folded in."""
+        mask = upsample_mask(d.spatial, self.config.granularity, *out_size)
+        return mask if d.layer is None else mask * d.layer[:, None, None]
+
     def _forward_masked(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         channel, scale = self._channel_factors(d) if d.channel is not None else (None, None)
         h = self.run_units(x, channel, scale)
@@ -211,121 +239,177 @@ class DynamicBlock(nn.Module):
             h = h * gate[:, None, None, None]
         return self._finish(identity + h)
 
-    def _forward_sparse(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
-        if self.training:
-            raise RuntimeError("sparse execution is for inference: call model.eval() first, "
-                               "or use set_execution(model, 'masked') for training")
-        if d.spatial is not None:
-            mask = d.spatial if d.layer is None else d.spatial * d.layer[:, None, None]
-            out = self._sparse_spatial(x, identity, mask, d.layer_scale)
-        elif d.channel is not None:
-            out = self._sparse_channel(x, identity, d)
-        else:
-            out = self._sparse_layer(x, identity, d.layer, d.layer_scale)
-        return self._finish(out)
+    # ----------------------------------------------------------------- sparse execution
+    def _packed(self) -> list[PackedConv]:
+        """The units' convolutions with folded batch norms, rebuilt when a weight changes."""
+        units = self.units()
+        key = pack_key([m for u in units for m in (u.conv, u.norm)])
+        if self._packed_cache is None or self._packed_cache[0] != key:
+            self._packed_cache = (key, [PackedConv(u.conv, u.norm) for u in units])
+        return self._packed_cache[1]
 
-    # ----------------------------------------------------------------- sparse paths
-    def _sparse_layer(self, x: Tensor, identity: Tensor, gate: Tensor, scale: Tensor | None) -> Tensor:
-        samples = (gate > 0).nonzero(as_tuple=True)[0]
+    def _sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Map size at the input of the block and at the output of each unit."""
+        sizes = [(height, width)]
+        for unit in self.units():
+            sizes.append(conv_output_size(unit.conv, *sizes[-1]))
+        return sizes
+
+    def unit_masks(self, out_mask: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """For each unit, the ``(B, H, W)`` 0/1 mask of the output pixels sparse execution
+        computes for the block output pixels ``out_mask``: the receptive fields of the later
+        units, or every pixel once they cover ``DENSE_FRACTION`` of the batch's map.
+
+        For straight-through masks that carry a gradient (training) the dense fallback is
+        left out, so that the count stays differentiable for the budget loss."""
+        units = self.units()
+        masks: list[Tensor] = [out_mask] * len(units)
+        mask = out_mask
+        fallback = not (out_mask.requires_grad and torch.is_grad_enabled())
+        for i in reversed(range(len(units))):
+            if fallback and float(mask.sum()) >= DENSE_FRACTION * mask.numel():
+                mask = torch.ones_like(mask.detach())
+            masks[i] = mask
+            if i > 0:
+                conv = units[i].conv
+                mask = receptive_mask(mask, conv.kernel_size[0], conv.stride[0], conv.padding[0], sizes[i])
+        return masks
+
+    def _rows(self, x: Tensor, convs: list[PackedConv], masks: list[Tensor | None],
+              scale_unit: tuple[int, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Run the units on channels-last ``x``, each at the pixels of its mask (``None``:
+        every pixel). Returns the last unit's output rows and their pixel indices
+        (``None``: every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output
+        per sample (every-pixel units only)."""
+        batch = x.shape[0]
+        sizes = self._sizes(*x.shape[-2:])
+        source, source_rows = pixel_rows(x), None
+        for i, (unit, conv, mask) in enumerate(zip(self.units(), convs, masks)):
+            rows = None
+            if mask is not None and float(mask.sum()) < mask.numel():
+                rows = mask.reshape(-1).nonzero().squeeze(1)
+            if conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
+                if source_rows is None and rows is not None:
+                    source = source.index_select(0, rows)
+                h = conv.rows(source.unsqueeze(1))
+            elif rows is None and source_rows is None:  # every pixel: a direct convolution
+                h = pixel_rows(conv.conv2d(from_rows(source, batch, *sizes[i])))
+            else:
+                table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
+                                       conv.padding, conv.dilation, x.device)
+                taps = table if rows is None else table.index_select(0, rows)
+                if source_rows is not None:
+                    taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
+                h = conv.rows(gather_taps(source, taps))
+            if unit.act is not None:
+                h = unit.act(h)
+            if scale_unit is not None and scale_unit[0] == i:
+                h = (h.view(batch, -1, h.shape[1]) * scale_unit[1][:, None, :]).view(-1, h.shape[1])
+            source, source_rows = h, rows
+        return source, source_rows
+
+    def _add_rows(self, identity: Tensor, h: Tensor, rows: Tensor | None) -> Tensor:
+        """``act(identity + h)`` where ``h`` holds the branch at pixel ``rows`` (``None``:
+        all); ``act(identity)`` elsewhere. Channels-last result."""
+        batch, _, height, width = identity.shape
+        ident = pixel_rows(identity)
+        if rows is None:
+            out = ident + h
+            if self.out_act is not None:
+                out = self.out_act(out)
+        else:
+            out = self._finish(ident) if self.out_act is not None else ident.clone()
+            out.index_copy_(0, rows, self._finish(ident.index_select(0, rows) + h))
+        return from_rows(out, batch, height, width)
+
+    def _forward_sparse(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list | None]:
+        if d.spatial is not None:
+            return self._sparse_spatial(x, identity, d)
+        if d.channel is not None:
+            return self._sparse_channel(x, identity, d), None
+        return self._sparse_layer(x, identity, d), None
+
+    def _sparse_spatial(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list[Tensor]]:
+        sizes = self._sizes(*x.shape[-2:])
+        out_mask = self._spatial_mask(d, sizes[-1])
+        masks = self.unit_masks(out_mask, sizes)
+        rows = out_mask.reshape(-1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return self._finish(identity), masks
+        h, computed = self._rows(x, self._packed(), masks)
+        if rows.numel() == out_mask.numel():
+            rows = None
+        elif computed is None:
+            h = h.index_select(0, rows)
+        if d.layer_scale is not None:
+            pixels = sizes[-1][0] * sizes[-1][1]
+            per_row = d.layer_scale.repeat_interleave(pixels) if rows is None else d.layer_scale[rows // pixels]
+            h = h * per_row[:, None]
+        return self._add_rows(identity, h, rows), masks
+
+    def _sample_rows(self, identity: Tensor, samples: Tensor, h: Tensor, out: Tensor | None) -> Tensor:
+        """Add per-sample branch outputs ``h`` (rows of ``samples``) into ``out`` (the
+        identity's pixel rows, created on first use)."""
+        if out is None:
+            out = pixel_rows(identity).clone()
+        per_sample = out.view(identity.shape[0], -1)
+        per_sample.index_add_(0, samples, h.reshape(samples.numel(), -1))
+        return out
+
+    def _branch_samples(self, x: Tensor, samples: Tensor, convs: list[PackedConv],
+                        scale_unit: tuple[int, Tensor] | None = None) -> Tensor:
+        """The branch at every pixel of the ``samples`` of ``x``."""
+        if samples.numel() < x.shape[0]:
+            x = x.index_select(0, samples).contiguous(memory_format=torch.channels_last)
+        return self._rows(x, convs, [None] * len(convs), scale_unit)[0]
+
+    def _finish_rows(self, identity: Tensor, out: Tensor | None) -> Tensor:
+        if out is None:
+            return self._finish(identity)
+        if self.out_act is not None:
+            out = self.out_act(out)
+        return from_rows(out, identity.shape[0], *identity.shape[-2:])
+
+    def _sparse_layer(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
+        samples = (d.layer > 0).nonzero().squeeze(1)
         if samples.numel() == 0:
-            return identity
+            return self._finish(identity)
+        h = self._branch_samples(x, samples, self._packed())
+        if d.layer_scale is not None:
+            h = (h.view(samples.numel(), -1) * d.layer_scale[samples, None]).view_as(h)
         if samples.numel() == x.shape[0]:
-            h = self.run_units(x)
-            return identity + (h if scale is None else h * scale[:, None, None, None])
-        h = self.run_units(x[samples])
-        if scale is not None:
-            h = h * scale[samples, None, None, None]
-        return identity.index_add(0, samples, h)
+            return self._add_rows(identity, h, None)
+        return self._finish_rows(identity, self._sample_rows(identity, samples, h, None))
 
     def _sparse_channel(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         mask, scale = self._channel_factors(d)
         running = torch.arange(x.shape[0], device=x.device)
         if d.layer is not None:
-            running = (d.layer > 0).nonzero(as_tuple=True)[0]
-        out = identity.clone()
+            running = (d.layer > 0).nonzero().squeeze(1)
+        packed = self._packed()
+        last = len(packed) - 1
+        out = None
         for group, channels in samples_by_channels(mask[running]):
             samples = running[group]
             if channels.numel() == 0:
-                h = self._zero_response().expand(samples.numel(), -1, *identity.shape[-2:])
+                h = self._zero_response().expand(samples.numel() * identity.shape[-2] * identity.shape[-1], -1)
             else:
-                h = self._run_units_sliced(x[samples], channels,
-                                           None if scale is None else scale[samples][:, channels])
+                convs = [conv.sliced(channels if i > 0 else None, channels if i < last else None)
+                         for i, conv in enumerate(packed)]
+                scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
+                h = self._branch_samples(x, samples, convs, scale_unit)
             if d.layer_scale is not None:
-                h = h * d.layer_scale[samples, None, None, None]
-            out.index_add_(0, samples, h)
-        return out
+                h = (h.reshape(samples.numel(), -1) * d.layer_scale[samples, None]).view(-1, h.shape[1])
+            if samples.numel() == x.shape[0]:
+                return self._add_rows(identity, h, None)
+            out = self._sample_rows(identity, samples, h, out)
+        return self._finish_rows(identity, out)
 
     def _zero_response(self) -> Tensor:
-        """``(1, C_out, 1, 1)``: the last unit's output when all its inputs are zero."""
-        last = self.units()[-1]
-        bias = torch.zeros(1, last.conv.out_channels, 1, 1, device=last.conv.weight.device,
-                           dtype=last.conv.weight.dtype)
-        if last.conv.bias is not None:
-            bias = bias + last.conv.bias[None, :, None, None]
-        h = last.norm(bias)
+        """``(1, C_out)``: the last unit's output when all its inputs are zero."""
+        last, packed = self.units()[-1], self._packed()[-1]
+        h = packed.bias[None, :]
         return h if last.act is None else last.act(h)
-
-    def _run_units_sliced(self, h: Tensor, channels: Tensor, scale: Tensor | None) -> Tensor:
-        """The branch on the active inner ``channels`` only, with sliced weights."""
-        units = self.units()
-        last = len(units) - 1
-        for i, unit in enumerate(units):
-            conv, norm = unit.conv, unit.norm
-            out_idx = channels if i < last else None
-            weight, groups = conv.weight, conv.groups
-            if groups == 1:
-                if out_idx is not None:
-                    weight = weight[out_idx]
-                if i > 0:
-                    weight = weight[:, channels]
-            elif groups == conv.in_channels == conv.out_channels:
-                weight, groups = weight[channels], channels.numel()
-            else:
-                raise NotImplementedError("channel skipping of grouped convolutions")
-            bias = conv.bias if conv.bias is None or out_idx is None else conv.bias[out_idx]
-            h = F.conv2d(h, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
-            if out_idx is None:
-                h = norm(h)
-            else:
-                h = F.batch_norm(h, norm.running_mean[out_idx], norm.running_var[out_idx],
-                                 norm.weight[out_idx], norm.bias[out_idx], False, 0.0, norm.eps)
-            if unit.act is not None:
-                h = unit.act(h)
-            if scale is not None and i == last - 1:
-                h = h * scale[:, :, None, None]
-        return h
-
-    def windows(self):
-        """Window geometry of the spatial path, one per unit input plus the output patch."""
-        convs = [(u.conv.kernel_size[0], u.conv.stride[0], u.conv.padding[0], u.conv.dilation[0])
-                 for u in self.units()]
-        return window_chain(convs, self.config.granularity)
-
-    def _unit_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Output map size of each unit for an ``height × width`` block input."""
-        sizes = []
-        for unit in self.units():
-            height, width = conv_output_size(unit.conv, height, width)
-            sizes.append((height, width))
-        return sizes
-
-    def _sparse_spatial(self, x: Tensor, identity: Tensor, mask: Tensor, scale: Tensor | None) -> Tensor:
-        index = PatchIndex.from_mask(mask)
-        if len(index) == 0:
-            return identity
-        units, windows = self.units(), self.windows()
-        sizes = self._unit_sizes(x.shape[-2], x.shape[-1])
-        h = gather_windows(x, index, windows[0])
-        for i, unit in enumerate(units):
-            conv = unit.conv
-            h = unit.norm(F.conv2d(h, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups))
-            if unit.act is not None:
-                h = unit.act(h)
-            if i < len(units) - 1 and units[i + 1].conv.padding[0] > 0:
-                h = h * window_validity(*sizes[i], index, windows[i + 1], h)
-        if scale is not None:
-            h = h * scale[index.batch, None, None, None]
-        return scatter_add_patches(identity, h, index, self.config.granularity)
 
     # ----------------------------------------------------------------- accounting
     def _shortcut_macs(self, out_size: tuple[int, int]) -> int:
@@ -335,11 +419,11 @@ class DynamicBlock(nn.Module):
 
     def static_macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the static block (branch and shortcut) for one ``(C, H, W)`` input."""
-        sizes = self._unit_sizes(input_shape[-2], input_shape[-1])
-        branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes))
+        sizes = self._sizes(input_shape[-2], input_shape[-1])
+        branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes[1:]))
         return branch + self._shortcut_macs(sizes[-1])
 
-    def _record(self, x: Tensor, d: Decision | None) -> BlockRecord:
+    def _record(self, x: Tensor, d: Decision | None, unit_masks: list[Tensor] | None = None) -> BlockRecord:
         shape = tuple(x.shape[1:])
         static = self.static_macs(shape)
         batch = x.shape[0]
@@ -347,28 +431,32 @@ class DynamicBlock(nn.Module):
             ones = torch.ones(batch, device=x.device)
             return BlockRecord(ones, ones.double() * static, static, shape)
         units = self.units()
-        sizes = self._unit_sizes(shape[-2], shape[-1])
+        sizes = self._sizes(shape[-2], shape[-1])
         fixed = self._shortcut_macs(sizes[-1]) + sum(m.macs(shape) for m in self.maskers())
         if d.spatial is not None:
-            patches = d.spatial.flatten(1).sum(dim=1, dtype=torch.float64)
             rate = d.spatial.flatten(1).mean(dim=1)
-            windows = self.windows()
-            per_patch = sum(conv_macs(u.conv, w.size, w.size) for u, w in zip(units, windows[1:]))
-            branch = patches * per_patch
+            if unit_masks is None:
+                unit_masks = self.unit_masks(self._spatial_mask(d, sizes[-1]), sizes)
+            branch = sum(mask.flatten(1).sum(dim=1, dtype=torch.float64) * conv_macs(u.conv, 1, 1)
+                         for u, mask in zip(units, unit_masks))
+            layer = None  # folded into the spatial mask
         elif d.channel is not None:
             mask, _ = self._channel_factors(d)
             active = mask.sum(dim=1, dtype=torch.float64)
             rate = d.channel.mean(dim=1)
             branch = 0.0
-            for i, (unit, size) in enumerate(zip(units, sizes)):
+            for i, (unit, size) in enumerate(zip(units, sizes[1:])):
                 per_pair = conv_macs(unit.conv, *size, in_channels=1, out_channels=1)
                 cin = unit.conv.in_channels if i == 0 else active
                 cout = active if i < len(units) - 1 else unit.conv.out_channels
                 branch = branch + per_pair * cout * (cin if unit.conv.groups == 1 else 1)
+            layer = d.layer
         else:
             rate = torch.ones(batch, device=x.device)
             branch = static - self._shortcut_macs(sizes[-1])
+            layer = d.layer
         if d.layer is not None:
             rate = rate * d.layer
-            branch = branch * d.layer.double()
+        if layer is not None:
+            branch = branch * layer.double()
         return BlockRecord(rate, fixed + branch * torch.ones_like(rate, dtype=torch.float64), static, shape)

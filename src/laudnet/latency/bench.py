@@ -1,0 +1,228 @@
+"""Sparse against dense wall-clock benchmarks of blocks and whole networks.
+
+Every measurement interleaves the dense baseline (torchvision's block or network, same
+weights) with the sparse dynamic one in one process and reports the median of the
+per-round time ratios with its interquartile range. A round runs the sparse candidate on
+``decisions`` different random decision sets of the target activation rate (and the dense
+one as often), so that one lucky mask does not decide the figure; the *realized* rate of
+those decisions is reported and used for the efficiency ``speedup × rate`` (1.0 is ideal).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from ..blocks.base import FixedDecisions
+from ..blocks.resnet import DynamicBottleneck
+from ..config import StageConfig
+from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
+from ..models import convert
+from .measure import interleaved, ratio
+
+# ResNet-50 bottlenecks: (stage, stride, in channels, width, input side)
+RESNET50_BLOCKS = [
+    (1, 1, 256, 64, 56),
+    (2, 2, 256, 128, 56), (2, 1, 512, 128, 28),
+    (3, 2, 512, 256, 28), (3, 1, 1024, 256, 14),
+    (4, 2, 1024, 512, 14), (4, 1, 2048, 512, 7),
+]
+RATES = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class BenchRow:
+    """One sparse-against-dense measurement."""
+
+    kind: str            # "block" or "network"
+    model: str           # e.g. "resnet50" or "resnet50.stage2"
+    resolution: int      # output side of the block (input side for networks)
+    stride: int
+    paradigm: str
+    granularity: str
+    target_rate: float
+    rate: float          # realized mean activation rate of the measured decisions
+    batch: int
+    dense_ms: float
+    sparse_ms: float
+    speedup: float       # median of per-round dense/sparse ratios
+    speedup_q1: float
+    speedup_q3: float
+    efficiency: float    # speedup × rate
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def spatial_granularities(side: int, quick: bool = False) -> list[int]:
+    """Patch sides worth measuring on a ``side × side`` map: at least a 2×2 grid."""
+    options = (2, 4, 8) if quick else (1, 2, 4, 7, 8, 14, 28)
+    return [s for s in options if math.ceil(side / s) >= 2]
+
+
+def channel_granularities(quick: bool = False) -> list[int]:
+    return [4] if quick else [1, 4, 16]
+
+
+def _measure(dense: Callable[[], object], sparse_runs: list[Callable[[], object]],
+             realized_rate: Callable[[], float], repeats: int) -> tuple:
+    """Interleave ``len(sparse_runs)`` dense calls with one pass over ``sparse_runs``; then
+    run each sparse call once more, untimed, to read the realized activation rate."""
+
+    def sparse_round() -> None:
+        for run in sparse_runs:
+            run()
+
+    def dense_round() -> None:
+        for _ in sparse_runs:
+            dense()
+
+    with torch.no_grad():
+        timings = interleaved({"dense": dense_round, "sparse": sparse_round}, repeats=repeats, warmup=1)
+        rates = []
+        for run in sparse_runs:
+            run()
+            rates.append(realized_rate())
+    n = len(sparse_runs)
+    return (timings["dense"].median_ms / n, timings["sparse"].median_ms / n,
+            ratio(timings, "dense", "sparse"), sum(rates) / n)
+
+
+def bench_block(stage: int, stride: int, in_channels: int, width: int, side: int, paradigm: str,
+                granularity: int | None, rate: float, batch: int, repeats: int = 7,
+                decisions: int = 4) -> BenchRow:
+    """One ResNet-50 bottleneck: torchvision's against the dynamic one in sparse execution."""
+    torch.manual_seed(0)
+    dense = Bottleneck(in_channels, width, stride, _downsample(in_channels, width * 4, stride)).eval()
+    block = DynamicBottleneck(in_channels, width, stride, _downsample(in_channels, width * 4, stride),
+                              config=StageConfig(paradigm, granularity)).eval()
+    block.load_state_dict(dense.state_dict(), strict=False)
+    block.execution = "sparse"
+    x = torch.randn(batch, in_channels, side, side)
+    x_sparse = x.contiguous(memory_format=torch.channels_last)  # the layout inside a sparse network
+    fixed = [FixedDecisions(rate, seed) for seed in range(decisions)]
+
+    def run(f: FixedDecisions) -> Callable[[], object]:
+        def call() -> object:
+            block.fixed = f
+            return block(x_sparse)
+        return call
+
+    dense_ms, sparse_ms, r, realized = _measure(lambda: dense(x), [run(f) for f in fixed],
+                                                lambda: float(block.last.rate.mean()), repeats)
+    return BenchRow("block", f"resnet50.stage{stage}", math.ceil(side / stride), stride, paradigm,
+                    str(granularity or "-"), rate, realized, batch, dense_ms, sparse_ms, r.median,
+                    *r.spread, r.median * realized)
+
+
+def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+
+def bench_network(arch: str, paradigm: str, granularity: str | None, rate: float, batch: int,
+                  repeats: int = 5, decisions: int = 2, input_size: int = 224) -> BenchRow:
+    """A whole torchvision network against its dynamic copy with fixed decisions of
+    ``rate`` in every block."""
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)().eval()
+    model = convert(reference, paradigm=paradigm, granularity=granularity).eval()
+    set_execution(model, "sparse")
+    x = torch.randn(batch, 3, input_size, input_size)
+    blocks = [block for _, block in dynamic_blocks(model)]
+    decision_sets = []
+    for seed in range(decisions):
+        set_decisions(model, rate=rate, seed=seed)
+        decision_sets.append([block.fixed for block in blocks])
+
+    def run(decision_set: list[FixedDecisions]) -> Callable[[], object]:
+        def call() -> object:
+            for block, fixed in zip(blocks, decision_set):
+                block.fixed = fixed
+            return model(x)
+        return call
+
+    dense_ms, sparse_ms, r, realized = _measure(lambda: reference(x), [run(d) for d in decision_sets],
+                                                lambda: _network_rate(model), repeats)
+    return BenchRow("network", arch, input_size, 1, paradigm, granularity or "default", rate, realized, batch,
+                    dense_ms, sparse_ms, r.median, *r.spread, r.median * realized)
+
+
+def _network_rate(model: nn.Module) -> float:
+    """Activation rate of the network: dynamic MACs of the blocks over their static MACs."""
+    s = stats(model)
+    return sum(float(b.rate.mean()) * b.static_macs for b in s.blocks) / sum(b.static_macs for b in s.blocks)
+
+
+def block_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[dict]:
+    """The block configurations of the benchmark, as keyword arguments of :func:`bench_block`."""
+    configs = []
+    for stage, stride, cin, width, side in RESNET50_BLOCKS:
+        if quick and stride != 1:
+            continue
+        out_side = math.ceil(side / stride)
+        specs = ([("spatial", s) for s in spatial_granularities(out_side, quick)]
+                 + [("channel", g) for g in channel_granularities(quick)] + [("layer", None)])
+        for (paradigm, granularity), rate, batch in itertools.product(specs, RATES, batches):
+            configs.append(dict(stage=stage, stride=stride, in_channels=cin, width=width, side=side,
+                                paradigm=paradigm, granularity=granularity, rate=rate, batch=batch))
+    return configs
+
+
+NETWORK_SPECS = [("spatial", "4-4-2-1"), ("spatial", "8-4-2-2"), ("channel", "4"), ("layer", None)]
+
+
+def network_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[dict]:
+    archs = ("resnet50",) if quick else ("resnet50", "resnet101")
+    return [dict(arch=arch, paradigm=p, granularity=g, rate=rate, batch=batch)
+            for arch in archs for (p, g), rate, batch in itertools.product(NETWORK_SPECS, RATES, batches)]
+
+
+def machine_description() -> str:
+    """CPU model, core count and library versions, for the tables."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+
+
+def write_results(rows: list[BenchRow], out_dir: Path, name: str) -> dict[str, Path]:
+    """Write ``rows`` as CSV, JSON and a markdown table; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "json", "md")}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BenchRow.columns())
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    paths["json"].write_text(json.dumps({"machine": machine_description(), "rows": [asdict(r) for r in rows]},
+                                        indent=1))
+    paths["md"].write_text(markdown_table(rows))
+    return paths
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    header = ("| model | res | stride | paradigm | gran | batch | rate | dense ms | sparse ms "
+              "| speedup (IQR) | efficiency |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"| {r.model} | {r.resolution} | {r.stride} | {r.paradigm} | {r.granularity} | {r.batch} "
+             f"| {r.rate:.2f} | {r.dense_ms:.2f} | {r.sparse_ms:.2f} "
+             f"| {r.speedup:.2f}x ({r.speedup_q1:.2f}-{r.speedup_q3:.2f}) | {r.efficiency:.2f} |"
+             for r in rows]
+    return f"Machine: {machine_description()}\n\n" + header + "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""Inference weights of a convolution with its batch norm folded in, laid out for GEMMs on
+gathered pixel rows (:mod:`laudnet.sparse.pixels`) and for channel slicing."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class PackedConv:
+    """``norm(conv(x))`` as ``rows @ matrix + bias`` on gathered ``(m, k², C_in)`` taps.
+
+    Standard convolutions become one GEMM, depthwise ones a weighted sum over taps,
+    grouped ones a batched GEMM over groups. ``weight`` keeps the folded
+    ``(C_out, C_in/groups, k, k)`` tensor for channel slicing.
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
+        if isinstance(norm, nn.BatchNorm2d):
+            scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = (bias - norm.running_mean) * scale + norm.bias.detach()
+        elif not isinstance(norm, nn.Identity):
+            raise TypeError(f"sparse execution folds BatchNorm2d or Identity, not {type(norm).__name__}")
+        self.weight, self.bias = weight, bias
+        self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
+        self.padding, self.dilation = conv.padding[0], conv.dilation[0]
+        self.groups = conv.groups
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        k2 = self.kernel * self.kernel
+        if self.groups == 1:
+            self.matrix = weight.permute(2, 3, 1, 0).reshape(k2 * self.in_channels, self.out_channels).contiguous()
+        elif self.depthwise:
+            self.matrix = weight.reshape(self.out_channels, k2).t().contiguous()
+        else:
+            g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+            self.matrix = (weight.view(g, cout, cin, self.kernel, self.kernel)
+                           .permute(0, 3, 4, 2, 1).reshape(g, k2 * cin, cout).contiguous())
+
+    def conv2d(self, x: Tensor) -> Tensor:
+        """The folded convolution on a whole ``(B, C_in, H, W)`` map."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def rows(self, taps: Tensor) -> Tensor:
+        """Outputs ``(m, C_out)`` from gathered taps ``(m, k², C_in)``."""
+        m = taps.shape[0]
+        if self.groups == 1:
+            return torch.addmm(self.bias, taps.reshape(m, -1), self.matrix)
+        if self.depthwise:  # (C, m, k²) @ (C, k², 1)
+            per_channel = torch.bmm(taps.permute(2, 0, 1), self.matrix.t().unsqueeze(2))
+            return per_channel[:, :, 0].t() + self.bias
+        g = self.groups
+        grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
+        return torch.bmm(grouped, self.matrix).permute(1, 0, 2).reshape(m, -1) + self.bias
+
+    def sliced(self, in_channels: Tensor | None, out_channels: Tensor | None) -> "PackedConv":
+        """The same convolution restricted to some input and/or output channels.
+
+        Depthwise and grouped convolutions keep input and output channels together: a
+        depthwise one takes ``out_channels`` for both; a grouped one must be given whole
+        convolution groups.
+        """
+        part = object.__new__(PackedConv)
+        part.__dict__.update(self.__dict__)
+        weight, bias, matrix = self.weight, self.bias, self.matrix
+        if self.depthwise:
+            weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[:, out_channels]
+            part.groups = part.in_channels = part.out_channels = out_channels.numel()
+        elif self.groups > 1:
+            cout = self.out_channels // self.groups
+            whole = in_channels is not None and out_channels.numel() % cout == 0
+            if whole:
+                groups = out_channels.view(-1, cout)[:, 0] // cout
+                whole = torch.equal(out_channels, (groups[:, None] * cout + torch.arange(
+                    cout, device=groups.device)).reshape(-1))
+            if not whole:
+                raise ValueError("channel slicing of a grouped convolution needs whole groups")
+            cin = self.in_channels // self.groups
+            weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[groups]
+            part.groups = groups.numel()
+            part.in_channels, part.out_channels = groups.numel() * cin, out_channels.numel()
+        else:
+            k2 = self.kernel * self.kernel
+            matrix = matrix.view(k2, self.in_channels, self.out_channels)
+            if in_channels is not None:
+                weight, matrix = weight[:, in_channels], matrix[:, in_channels]
+                part.in_channels = in_channels.numel()
+            if out_channels is not None:
+                weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[:, :, out_channels]
+                part.out_channels = out_channels.numel()
+            matrix = matrix.reshape(k2 * part.in_channels, part.out_channels)
+        part.weight, part.bias, part.matrix = weight, bias, matrix
+        return part
+
+
+def pack_key(modules: list[nn.Module]) -> tuple:
+    """Identity and version of every tensor of ``modules``: changes when a weight or a
+    batch-norm statistic is updated in place or replaced, so packed weights are rebuilt."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 for m in modules for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))

@@ -1,0 +1,75 @@
+"""The pixel-row kernels against direct PyTorch computations."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from laudnet.sparse.packed import PackedConv
+from laudnet.sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
+                                   receptive_mask)
+
+from conftest import randomize_norms
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (5, 2, 2), (1, 1, 0)])
+@pytest.mark.parametrize("size", [(7, 7), (8, 5)])
+def test_receptive_mask_is_the_exact_set_of_needed_input_pixels(kernel, stride, padding, size):
+    out_h = (size[0] + 2 * padding - kernel) // stride + 1
+    out_w = (size[1] + 2 * padding - kernel) // stride + 1
+    mask = (torch.rand(2, out_h, out_w) < 0.3).float()
+    # brute force: an input pixel is needed iff perturbing it changes an active output
+    ones = torch.ones(1, 1, kernel, kernel)
+    needed = F.conv_transpose2d(mask[:, None], ones, stride=stride, padding=padding,
+                                output_padding=0)[:, 0]
+    needed = F.pad(needed, (0, size[1] - needed.shape[-1], 0, size[0] - needed.shape[-2])) > 0
+    assert torch.equal(receptive_mask(mask, kernel, stride, padding, size) > 0, needed)
+
+
+def test_receptive_mask_carries_gradient():
+    mask = torch.zeros(1, 4, 4, requires_grad=True)
+    (receptive_mask(mask + 1.0, 3, 1, 1, (4, 4)).sum()).backward()
+    assert mask.grad is not None and float(mask.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gathered_gemm_equals_convolution(groups, stride):
+    conv = nn.Conv2d(8, 8, 3, stride, 1, groups=groups, bias=groups == 4)
+    norm = randomize_norms(nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 8, 9, 6).contiguous(memory_format=torch.channels_last)
+    expected = norm(conv(x))
+    packed = PackedConv(conv, norm)
+    out_h, out_w = expected.shape[-2:]
+    table = neighbor_table(2, (9, 6), (out_h, out_w), 3, stride, 1, 1, x.device)
+    rows = torch.tensor([0, 3, out_h * out_w + 1, 2 * out_h * out_w - 1])
+    got = packed.rows(gather_taps(pixel_rows(x), table[rows]))
+    torch.testing.assert_close(got, pixel_rows(expected)[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_rows(packed.rows(gather_taps(pixel_rows(x), table)), 2, out_h, out_w),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compact_index_maps_padding_and_missing_rows_to_the_zero_slot():
+    index = compact_index(torch.tensor([2, 5]), total=7)
+    assert index.tolist() == [2, 2, 0, 2, 2, 1, 2, 2]
+    source = torch.tensor([[1.0], [2.0]])
+    assert gather_taps(source, index[torch.tensor([[2, 7, 5]])]).flatten().tolist() == [1.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_sliced_convolution_equals_the_masked_one(groups):
+    conv = nn.Conv2d(8, 8, 3, 1, 1, groups=groups, bias=False)
+    norm = randomize_norms(nn.BatchNorm2d(8)).eval()
+    channels = torch.tensor([2, 3, 6, 7])  # whole groups for groups = 4
+    if groups == 8:
+        channels = torch.tensor([0, 5, 6])
+    x = torch.randn(1, 8, 5, 5)
+    keep = torch.zeros(8)
+    keep[channels] = 1
+    expected = norm(conv(x * keep[:, None, None]))[:, channels]
+    part = PackedConv(conv, norm).sliced(channels, channels)
+    got = part.conv2d(x[:, channels])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if groups == 4:
+        with pytest.raises(ValueError, match="whole groups"):
+            PackedConv(conv, norm).sliced(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
