@@ -32,6 +32,7 @@ activation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,6 +45,8 @@ from ..flops import conv_macs, conv_output_size
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
 from ..sparse import expand_groups, samples_by_channels
 from ..sparse.packed import PackedConv, pack_key
+from ..sparse.plan import (INDEX_OPS_PER_SPARSE_UNIT, Op, axis_coverage, conv_op, expected_needed, gemm_op,
+                           memory_op)
 from ..sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
                              receptive_mask, upsample_mask)
 
@@ -106,6 +109,7 @@ class FixedDecisions:
             raise ValueError(f"activation rate must be in [0, 1], got {rate}")
         self.rate = float(rate)
         self.seed = int(seed)
+        self._cache: dict[tuple, Decision] = {}
 
     def _exact(self, batch: int, units: int, generator: torch.Generator) -> Tensor:
         keep = int(self.rate * units + 0.5)
@@ -113,6 +117,12 @@ class FixedDecisions:
         return torch.zeros(batch, units).scatter_(1, order[:, :keep], 1.0)
 
     def decide(self, block: "DynamicBlock", x: Tensor) -> Decision:
+        key = (x.shape[0], x.shape[-2], x.shape[-1], x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = self._make(block, x)
+        return self._cache[key]
+
+    def _make(self, block: "DynamicBlock", x: Tensor) -> Decision:
         generator = torch.Generator().manual_seed(self.seed)
         batch = x.shape[0]
         decision = Decision()
@@ -145,7 +155,8 @@ class DynamicBlock(nn.Module):
         self.config = config
         self.execution = "masked"
         self.fixed: FixedDecisions | None = None
-        self.last: BlockRecord | None = None
+        self._last: BlockRecord | None = None
+        self._pending: tuple | None = None
         self.inner_channels = inner_channels
         self._packed_cache: tuple[tuple, list[PackedConv]] | None = None
         self.spatial_masker = (SpatialMasker(in_channels, config.granularity, stride)
@@ -189,16 +200,26 @@ class DynamicBlock(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         identity = x if self.downsample is None else self.downsample(x)
         if self.execution == "static" or self.config.paradigm == "none":
-            out = self._finish(identity + self.run_units(x))
-            self.last = self._record(x, None)
-            return out
+            self._pending = (x.shape, x.device, None, None)
+            return self._finish(identity + self.run_units(x))
         decision = self.decide(x)
         if self.execution == "masked":
             out, unit_masks = self._forward_masked(x, identity, decision), None
         else:
             out, unit_masks = self._forward_sparse(x, identity, decision)
-        self.last = self._record(x, decision, unit_masks)
+        self._pending = (x.shape, x.device, decision, unit_masks)
         return out
+
+    @property
+    def last(self) -> BlockRecord | None:
+        """What the last forward pass did (computed when first asked for)."""
+        if self._pending is not None:
+            self._last, self._pending = self._record(*self._pending), None
+        return self._last
+
+    @last.setter
+    def last(self, record: BlockRecord | None) -> None:
+        self._last, self._pending = record, None
 
     def _finish(self, out: Tensor) -> Tensor:
         return out if self.out_act is None else self.out_act(out)
@@ -411,6 +432,95 @@ class DynamicBlock(nn.Module):
         h = packed.bias[None, :]
         return h if last.act is None else last.act(h)
 
+    # ----------------------------------------------------------------- plans
+    def plan(self, input_shape: tuple[int, int, int], batch: int, rate: float) -> list[Op]:
+        """Operators sparse execution runs on a batch of ``(C, H, W)`` inputs when every gate
+        of the block has activation ``rate`` (random decisions, expected counts)."""
+        channels, height, width = input_shape
+        sizes = self._sizes(height, width)
+        ops = [Op("masker", type(m).__name__, m.macs(input_shape) * batch, batch * channels * height * width * 4)
+               for m in self.maskers()]
+        if self.downsample is not None:
+            conv = next(m for m in self.downsample.modules() if isinstance(m, nn.Conv2d))
+            ops.append(conv_op("shortcut", batch, conv.in_channels, conv.out_channels, conv.kernel_size[0],
+                               conv.stride[0], conv.groups, *sizes[-1], height, width))
+        if self.config.paradigm == "none" or self.execution == "static":
+            return ops + self._plan_units(batch, sizes, [None] * len(self.units())) + self._plan_epilogue(batch, sizes)
+        running = batch * (rate if self.config.layer else 1.0)
+        if self.config.spatial:
+            return ops + self._plan_spatial(batch, running / batch, sizes, rate)
+        if self.config.channel:
+            return ops + self._plan_channel(batch, running, sizes, rate)
+        return ops + self._plan_units(running, sizes, [None] * len(self.units())) + self._plan_epilogue(batch, sizes)
+
+    def _plan_units(self, batch: float, sizes: list[tuple[int, int]], rows: list[float | None],
+                    channels: int | None = None) -> list[Op]:
+        """Ops of the units, unit i computed at ``rows[i]`` pixels (``None``: all of them), the
+        inner channels restricted to ``channels`` if given."""
+        ops: list[Op] = []
+        units = self.units()
+        source_full = True
+        for i, (unit, unit_rows) in enumerate(zip(units, rows)):
+            conv = unit.conv
+            c_in = conv.in_channels if i == 0 or channels is None else channels
+            c_out = conv.out_channels if i == len(units) - 1 or channels is None else channels
+            groups = conv.groups if conv.groups == 1 or channels is None else max(1, conv.groups * c_out // conv.out_channels)
+            kernel, (out_h, out_w) = conv.kernel_size[0], sizes[i + 1]
+            count = batch * out_h * out_w if unit_rows is None else unit_rows
+            if unit_rows is None and source_full and not (kernel == 1 and conv.stride[0] == 1):
+                ops.append(conv_op(f"unit{i}", batch, c_in, c_out, kernel, conv.stride[0], groups, out_h, out_w,
+                                   *sizes[i]))
+            else:
+                if unit_rows is not None:
+                    ops.append(Op("index", f"unit{i}.index", count=INDEX_OPS_PER_SPARSE_UNIT))
+                if kernel > 1 or (unit_rows is not None and source_full):
+                    ops.append(memory_op("gather", f"unit{i}.gather", count * kernel * kernel * c_in))
+                ops.append(gemm_op(f"unit{i}", count, kernel * kernel * c_in // groups, c_out // groups, groups))
+            if unit.act is not None:
+                ops.append(memory_op("elementwise", f"unit{i}.act", count * c_out))
+            source_full = unit_rows is None
+        return ops
+
+    def _plan_epilogue(self, batch: float, sizes: list[tuple[int, int]], rows: float | None = None) -> list[Op]:
+        out_c = self.units()[-1].conv.out_channels
+        full = batch * sizes[-1][0] * sizes[-1][1] * out_c
+        sparse_rows = 0.0 if rows is None else 3 * rows * out_c
+        return [memory_op("epilogue", "residual", 1.5 * full + sparse_rows)]
+
+    def _plan_spatial(self, batch: int, layer_rate: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
+        units = self.units()
+        out_h, out_w = sizes[-1]
+        patch = self.config.granularity
+        grid = math.ceil(out_h / patch) * math.ceil(out_w / patch)
+        ops = [Op("index", "mask", count=6)]
+        rows: list[float | None] = []
+        for i in range(len(units)):
+            convs = [(u.conv.kernel_size[0], u.conv.stride[0], u.conv.padding[0]) for u in units[i + 1:]]
+            needed = expected_needed(axis_coverage(out_h, patch, convs, sizes[i + 1][0]),
+                                     axis_coverage(out_w, patch, convs, sizes[i + 1][1]), grid, rate)
+            total = sizes[i + 1][0] * sizes[i + 1][1]
+            rows.append(None if layer_rate * needed >= DENSE_FRACTION * total else batch * layer_rate * needed)
+        active = batch * layer_rate * expected_needed(axis_coverage(out_h, patch, [], out_h),
+                                                      axis_coverage(out_w, patch, [], out_w), grid, rate)
+        if active == 0:
+            return ops + self._plan_epilogue(batch, sizes)
+        return ops + self._plan_units(batch, sizes, rows) + self._plan_epilogue(batch, sizes, active)
+
+    def _plan_channel(self, batch: int, running: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
+        groups = self.channel_masker.outputs
+        keep = int(rate * groups + 0.5)
+        channels = min(keep * self.channel_masker.granularity, self.inner_channels)
+        separate = 0 < keep < groups  # distinct masks: every running sample is its own group
+        runs = running if separate else min(1.0, running)
+        per_run = 1.0 if separate else running
+        if channels == 0:
+            return self._plan_epilogue(batch, sizes)
+        weights = sum(u.conv.weight.numel() for u in self.units()) * channels / self.inner_channels
+        ops = [memory_op("slice", "weights", weights, count=runs)] if keep < groups else []
+        for op in self._plan_units(per_run, sizes, [None] * len(self.units()), channels):
+            ops.append(Op(op.kind, op.name, op.macs, op.bytes, op.shape, op.count * runs))
+        return ops + self._plan_epilogue(batch, sizes)
+
     # ----------------------------------------------------------------- accounting
     def _shortcut_macs(self, out_size: tuple[int, int]) -> int:
         if self.downsample is None:
@@ -423,12 +533,13 @@ class DynamicBlock(nn.Module):
         branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes[1:]))
         return branch + self._shortcut_macs(sizes[-1])
 
-    def _record(self, x: Tensor, d: Decision | None, unit_masks: list[Tensor] | None = None) -> BlockRecord:
-        shape = tuple(x.shape[1:])
+    def _record(self, input_shape: torch.Size, device: torch.device, d: Decision | None,
+                unit_masks: list[Tensor] | None) -> BlockRecord:
+        shape = tuple(input_shape[1:])
         static = self.static_macs(shape)
-        batch = x.shape[0]
+        batch = input_shape[0]
         if d is None:
-            ones = torch.ones(batch, device=x.device)
+            ones = torch.ones(batch, device=device)
             return BlockRecord(ones, ones.double() * static, static, shape)
         units = self.units()
         sizes = self._sizes(shape[-2], shape[-1])
@@ -452,7 +563,7 @@ class DynamicBlock(nn.Module):
                 branch = branch + per_pair * cout * (cin if unit.conv.groups == 1 else 1)
             layer = d.layer
         else:
-            rate = torch.ones(batch, device=x.device)
+            rate = torch.ones(batch, device=device)
             branch = static - self._shortcut_macs(sizes[-1])
             layer = d.layer
         if d.layer is not None:
