@@ -44,7 +44,7 @@ from ..config import StageConfig
 from ..flops import conv_macs, conv_output_size
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
 from ..sparse import expand_groups, samples_by_channels
-from ..sparse.packed import PackedConv, pack_key
+from ..sparse.packed import PackedConv, direct_convolution, pack_key
 from ..sparse.plan import (INDEX_OPS_PER_SPARSE_UNIT, Op, axis_coverage, conv_op, expected_needed, gemm_op,
                            memory_op)
 from ..sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
@@ -58,7 +58,10 @@ DENSE_FRACTION = 0.85
 
 @dataclass
 class Unit:
-    """One step of a residual branch: ``act(norm(conv(x)))``."""
+    """One step of a residual branch: ``act(norm(conv(x)))``.
+
+    ``act`` is a ``torch.nn.functional`` activation (sparse execution calls it with
+    ``inplace=True`` on tensors it owns)."""
 
     conv: nn.Conv2d
     norm: nn.BatchNorm2d
@@ -147,7 +150,12 @@ class DynamicBlock(nn.Module):
     """
 
     downsample: nn.Module | None
-    out_act: Callable[[Tensor], Tensor] | None = staticmethod(F.relu)
+    out_act: Callable[..., Tensor] | None = staticmethod(F.relu)
+    reuse_input: bool = False
+    """Set by a network for blocks whose input is an intermediate that nothing reads after
+    the block and that the output activation leaves unchanged (a ReLU output before a
+    ReLU block): sparse execution then writes the block output into the input's memory
+    instead of copying the identity. Hooks that keep such intermediates must clone them."""
 
     def setup_gates(self, config: StageConfig, in_channels: int, inner_channels: int,
                     stride: int, gate_scale: bool = False) -> None:
@@ -276,44 +284,48 @@ class DynamicBlock(nn.Module):
             sizes.append(conv_output_size(unit.conv, *sizes[-1]))
         return sizes
 
-    def unit_masks(self, out_mask: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
+    def unit_masks(self, out_mask: Tensor, sizes: list[tuple[int, int]],
+                   with_rows: bool = False) -> tuple[list[Tensor], list[Tensor | None]]:
         """For each unit, the ``(B, H, W)`` 0/1 mask of the output pixels sparse execution
         computes for the block output pixels ``out_mask``: the receptive fields of the later
-        units, or every pixel once they cover ``DENSE_FRACTION`` of the batch's map.
+        units, or every pixel once they cover ``DENSE_FRACTION`` of the batch's map; with
+        ``with_rows``, also the pixel rows of each mask (``None`` for every pixel).
 
         For straight-through masks that carry a gradient (training) the dense fallback is
         left out, so that the count stays differentiable for the budget loss."""
         units = self.units()
         masks: list[Tensor] = [out_mask] * len(units)
+        rows: list[Tensor | None] = [None] * len(units)
         mask = out_mask
         fallback = not (out_mask.requires_grad and torch.is_grad_enabled())
         for i in reversed(range(len(units))):
-            if fallback and float(mask.sum()) >= DENSE_FRACTION * mask.numel():
+            count = float(mask.detach().sum())
+            if fallback and DENSE_FRACTION * mask.numel() <= count < mask.numel():
                 mask = torch.ones_like(mask.detach())
+            elif with_rows and count < mask.numel():
+                rows[i] = mask.reshape(-1).nonzero().squeeze(1)
             masks[i] = mask
             if i > 0:
                 conv = units[i].conv
                 mask = receptive_mask(mask, conv.kernel_size[0], conv.stride[0], conv.padding[0], sizes[i])
-        return masks
+        return masks, rows
 
-    def _rows(self, x: Tensor, convs: list[PackedConv], masks: list[Tensor | None],
+    def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
               scale_unit: tuple[int, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        """Run the units on channels-last ``x``, each at the pixels of its mask (``None``:
-        every pixel). Returns the last unit's output rows and their pixel indices
-        (``None``: every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output
-        per sample (every-pixel units only)."""
+        """Run the units on channels-last ``x``, each at its pixel rows (``None``: every
+        pixel). Returns the last unit's output rows and their pixel indices (``None``:
+        every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output per sample
+        (every-pixel units only)."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
         source, source_rows = pixel_rows(x), None
-        for i, (unit, conv, mask) in enumerate(zip(self.units(), convs, masks)):
-            rows = None
-            if mask is not None and float(mask.sum()) < mask.numel():
-                rows = mask.reshape(-1).nonzero().squeeze(1)
+        for i, (unit, conv, rows) in enumerate(zip(self.units(), convs, unit_rows)):
             if conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
                 if source_rows is None and rows is not None:
                     source = source.index_select(0, rows)
                 h = conv.rows(source.unsqueeze(1))
-            elif rows is None and source_rows is None:  # every pixel: a direct convolution
+            elif rows is None and source_rows is None and direct_convolution(
+                    conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels):
                 h = pixel_rows(conv.conv2d(from_rows(source, batch, *sizes[i])))
             else:
                 table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
@@ -323,25 +335,59 @@ class DynamicBlock(nn.Module):
                     taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
                 h = conv.rows(gather_taps(source, taps))
             if unit.act is not None:
-                h = unit.act(h)
+                h = unit.act(h, inplace=True)
             if scale_unit is not None and scale_unit[0] == i:
                 h = (h.view(batch, -1, h.shape[1]) * scale_unit[1][:, None, :]).view(-1, h.shape[1])
             source, source_rows = h, rows
         return source, source_rows
 
-    def _add_rows(self, identity: Tensor, h: Tensor, rows: Tensor | None) -> Tensor:
+    def _owns_identity(self, x: Tensor, identity: Tensor) -> tuple[bool, bool]:
+        """Whether sparse execution may write into the identity, and whether the output
+        activation leaves the identity unchanged where the branch adds nothing."""
+        clean = self.out_act is None or (identity is x and self.reuse_input)
+        return identity is not x or self.reuse_input, clean
+
+    def _add_rows(self, x: Tensor, identity: Tensor, h: Tensor, rows: Tensor | None) -> Tensor:
         """``act(identity + h)`` where ``h`` holds the branch at pixel ``rows`` (``None``:
         all); ``act(identity)`` elsewhere. Channels-last result."""
         batch, _, height, width = identity.shape
         ident = pixel_rows(identity)
+        owned, clean = self._owns_identity(x, identity)
+        act = self.out_act
         if rows is None:
-            out = ident + h
-            if self.out_act is not None:
-                out = self.out_act(out)
+            out = ident.add_(h) if owned else ident + h
+            if act is not None:
+                act(out, inplace=True)
+            return from_rows(out, batch, height, width)
+        added = ident.index_select(0, rows).add_(h)
+        if act is not None:
+            act(added, inplace=True)
+        if not owned:
+            out = ident.clone() if act is None else act(ident)
         else:
-            out = self._finish(ident) if self.out_act is not None else ident.clone()
-            out.index_copy_(0, rows, self._finish(ident.index_select(0, rows) + h))
+            out = ident
+            if not clean:
+                act(out, inplace=True)
+        out.index_copy_(0, rows, added)
         return from_rows(out, batch, height, width)
+
+    def _add_samples(self, x: Tensor, identity: Tensor, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """``act(identity + h)`` for the ``(samples, h)`` in ``parts`` (``h``: the branch's
+        pixel rows of those samples), ``act(identity)`` for the other samples."""
+        if len(parts) == 1 and parts[0][0].numel() == x.shape[0]:
+            return self._add_rows(x, identity, parts[0][1], None)
+        owned, clean = self._owns_identity(x, identity)
+        if not parts:
+            return identity if clean else self._finish(identity)
+        out = pixel_rows(identity)
+        if not owned:
+            out = out.clone()
+        per_sample = out.view(identity.shape[0], -1)
+        for samples, h in parts:
+            per_sample.index_add_(0, samples, h.reshape(samples.numel(), -1))
+        if self.out_act is not None:
+            self.out_act(out, inplace=True)
+        return from_rows(out, identity.shape[0], *identity.shape[-2:])
 
     def _forward_sparse(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list | None]:
         if d.spatial is not None:
@@ -353,11 +399,11 @@ class DynamicBlock(nn.Module):
     def _sparse_spatial(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list[Tensor]]:
         sizes = self._sizes(*x.shape[-2:])
         out_mask = self._spatial_mask(d, sizes[-1])
-        masks = self.unit_masks(out_mask, sizes)
+        masks, unit_rows = self.unit_masks(out_mask, sizes, with_rows=True)
         rows = out_mask.reshape(-1).nonzero().squeeze(1)
         if rows.numel() == 0:
-            return self._finish(identity), masks
-        h, computed = self._rows(x, self._packed(), masks)
+            return self._add_samples(x, identity, []), masks
+        h, computed = self._rows(x, self._packed(), unit_rows)
         if rows.numel() == out_mask.numel():
             rows = None
         elif computed is None:
@@ -366,16 +412,7 @@ class DynamicBlock(nn.Module):
             pixels = sizes[-1][0] * sizes[-1][1]
             per_row = d.layer_scale.repeat_interleave(pixels) if rows is None else d.layer_scale[rows // pixels]
             h = h * per_row[:, None]
-        return self._add_rows(identity, h, rows), masks
-
-    def _sample_rows(self, identity: Tensor, samples: Tensor, h: Tensor, out: Tensor | None) -> Tensor:
-        """Add per-sample branch outputs ``h`` (rows of ``samples``) into ``out`` (the
-        identity's pixel rows, created on first use)."""
-        if out is None:
-            out = pixel_rows(identity).clone()
-        per_sample = out.view(identity.shape[0], -1)
-        per_sample.index_add_(0, samples, h.reshape(samples.numel(), -1))
-        return out
+        return self._add_rows(x, identity, h, rows), masks
 
     def _branch_samples(self, x: Tensor, samples: Tensor, convs: list[PackedConv],
                         scale_unit: tuple[int, Tensor] | None = None) -> Tensor:
@@ -384,23 +421,14 @@ class DynamicBlock(nn.Module):
             x = x.index_select(0, samples).contiguous(memory_format=torch.channels_last)
         return self._rows(x, convs, [None] * len(convs), scale_unit)[0]
 
-    def _finish_rows(self, identity: Tensor, out: Tensor | None) -> Tensor:
-        if out is None:
-            return self._finish(identity)
-        if self.out_act is not None:
-            out = self.out_act(out)
-        return from_rows(out, identity.shape[0], *identity.shape[-2:])
-
     def _sparse_layer(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         samples = (d.layer > 0).nonzero().squeeze(1)
         if samples.numel() == 0:
-            return self._finish(identity)
+            return self._add_samples(x, identity, [])
         h = self._branch_samples(x, samples, self._packed())
         if d.layer_scale is not None:
             h = (h.view(samples.numel(), -1) * d.layer_scale[samples, None]).view_as(h)
-        if samples.numel() == x.shape[0]:
-            return self._add_rows(identity, h, None)
-        return self._finish_rows(identity, self._sample_rows(identity, samples, h, None))
+        return self._add_samples(x, identity, [(samples, h)])
 
     def _sparse_channel(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         mask, scale = self._channel_factors(d)
@@ -409,22 +437,21 @@ class DynamicBlock(nn.Module):
             running = (d.layer > 0).nonzero().squeeze(1)
         packed = self._packed()
         last = len(packed) - 1
-        out = None
+        parts = []
         for group, channels in samples_by_channels(mask[running]):
             samples = running[group]
             if channels.numel() == 0:
                 h = self._zero_response().expand(samples.numel() * identity.shape[-2] * identity.shape[-1], -1)
             else:
-                convs = [conv.sliced(channels if i > 0 else None, channels if i < last else None)
-                         for i, conv in enumerate(packed)]
+                every = channels.numel() == self.inner_channels
+                convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None)
+                                              for i, conv in enumerate(packed)]
                 scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
                 h = self._branch_samples(x, samples, convs, scale_unit)
             if d.layer_scale is not None:
                 h = (h.reshape(samples.numel(), -1) * d.layer_scale[samples, None]).view(-1, h.shape[1])
-            if samples.numel() == x.shape[0]:
-                return self._add_rows(identity, h, None)
-            out = self._sample_rows(identity, samples, h, out)
-        return self._finish_rows(identity, out)
+            parts.append((samples, h))
+        return self._add_samples(x, identity, parts)
 
     def _zero_response(self) -> Tensor:
         """``(1, C_out)``: the last unit's output when all its inputs are zero."""
@@ -467,13 +494,13 @@ class DynamicBlock(nn.Module):
             groups = conv.groups if conv.groups == 1 or channels is None else max(1, conv.groups * c_out // conv.out_channels)
             kernel, (out_h, out_w) = conv.kernel_size[0], sizes[i + 1]
             count = batch * out_h * out_w if unit_rows is None else unit_rows
-            if unit_rows is None and source_full and not (kernel == 1 and conv.stride[0] == 1):
+            if unit_rows is None and source_full and direct_convolution(kernel, batch * out_h * out_w, c_in):
                 ops.append(conv_op(f"unit{i}", batch, c_in, c_out, kernel, conv.stride[0], groups, out_h, out_w,
                                    *sizes[i]))
             else:
                 if unit_rows is not None:
                     ops.append(Op("index", f"unit{i}.index", count=INDEX_OPS_PER_SPARSE_UNIT))
-                if kernel > 1 or (unit_rows is not None and source_full):
+                if kernel > 1 or conv.stride[0] > 1 or (unit_rows is not None and source_full):
                     ops.append(memory_op("gather", f"unit{i}.gather", count * kernel * kernel * c_in))
                 ops.append(gemm_op(f"unit{i}", count, kernel * kernel * c_in // groups, c_out // groups, groups))
             if unit.act is not None:
@@ -547,7 +574,7 @@ class DynamicBlock(nn.Module):
         if d.spatial is not None:
             rate = d.spatial.flatten(1).mean(dim=1)
             if unit_masks is None:
-                unit_masks = self.unit_masks(self._spatial_mask(d, sizes[-1]), sizes)
+                unit_masks, _ = self.unit_masks(self._spatial_mask(d, sizes[-1]), sizes)
             branch = sum(mask.flatten(1).sum(dim=1, dtype=torch.float64) * conv_macs(u.conv, 1, 1)
                          for u, mask in zip(units, unit_masks))
             layer = None  # folded into the spatial mask

@@ -108,6 +108,7 @@ class DynamicResNet(DynamicNetwork):
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
             layers.append(block(self.inplanes, planes, config=config, gate_scale=gate_scale))
+            layers[-1].reuse_input = True  # its input is the previous block's ReLU output
         return nn.Sequential(*layers)
 
     def stages(self) -> list[nn.Sequential]:

@@ -3,17 +3,26 @@ gathered pixel rows (:mod:`laudnet.sparse.pixels`) and for channel slicing."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-class PackedConv:
-    """``norm(conv(x))`` as ``rows @ matrix + bias`` on gathered ``(m, k², C_in)`` taps.
+def direct_convolution(kernel: int, out_pixels: int, in_channels: int) -> bool:
+    """Whether a whole-map convolution runs faster as a direct convolution than as a GEMM
+    on gathered taps: on CPU, direct k×k convolutions win on large maps with few channels,
+    GEMMs on small maps with many (measured on ResNet shapes, see benchmarks/)."""
+    return kernel > 1 and out_pixels > in_channels
 
-    Standard convolutions become one GEMM, depthwise ones a weighted sum over taps,
-    grouped ones a batched GEMM over groups. ``weight`` keeps the folded
-    ``(C_out, C_in/groups, k, k)`` tensor for channel slicing.
+
+class PackedConv:
+    """``norm(conv(x))`` as ``taps @ matrix + bias`` on gathered ``(m, k², C_in)`` taps.
+
+    Standard convolutions become one GEMM, depthwise ones a batched product over channels,
+    grouped ones a batched GEMM over groups. ``weight`` is the folded
+    ``(C_out, C_in/groups, k, k)`` tensor for direct convolutions.
     """
 
     def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -25,21 +34,24 @@ class PackedConv:
             bias = (bias - norm.running_mean) * scale + norm.bias.detach()
         elif not isinstance(norm, nn.Identity):
             raise TypeError(f"sparse execution folds BatchNorm2d or Identity, not {type(norm).__name__}")
-        self.weight, self.bias = weight, bias
+        self.weight, self.bias = weight.contiguous(), bias
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
         self.padding, self.dilation = conv.padding[0], conv.dilation[0]
         self.groups = conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-        k2 = self.kernel * self.kernel
+
+    @functools.cached_property
+    def matrix(self) -> Tensor:
+        """GEMM operand: ``(k²·C_in, C_out)``; depthwise ``(k², C)``; grouped
+        ``(groups, k²·C_in/groups, C_out/groups)``."""
+        k2, w = self.kernel * self.kernel, self.weight
         if self.groups == 1:
-            self.matrix = weight.permute(2, 3, 1, 0).reshape(k2 * self.in_channels, self.out_channels).contiguous()
-        elif self.depthwise:
-            self.matrix = weight.reshape(self.out_channels, k2).t().contiguous()
-        else:
-            g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
-            self.matrix = (weight.view(g, cout, cin, self.kernel, self.kernel)
-                           .permute(0, 3, 4, 2, 1).reshape(g, k2 * cin, cout).contiguous())
+            return w.permute(2, 3, 1, 0).reshape(k2 * self.in_channels, self.out_channels).contiguous()
+        if self.depthwise:
+            return w.reshape(self.out_channels, k2).t().contiguous()
+        g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+        return w.view(g, cout, cin, self.kernel, self.kernel).permute(0, 3, 4, 2, 1).reshape(g, k2 * cin, cout).contiguous()
 
     def conv2d(self, x: Tensor) -> Tensor:
         """The folded convolution on a whole ``(B, C_in, H, W)`` map."""
@@ -62,15 +74,13 @@ class PackedConv:
 
         Depthwise and grouped convolutions keep input and output channels together: a
         depthwise one takes ``out_channels`` for both; a grouped one must be given whole
-        convolution groups.
+        convolution groups. Only the weights are copied (``index_select``); the GEMM
+        operand is derived from them when first used.
         """
         part = object.__new__(PackedConv)
-        part.__dict__.update(self.__dict__)
-        weight, bias, matrix = self.weight, self.bias, self.matrix
-        if self.depthwise:
-            weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[:, out_channels]
-            part.groups = part.in_channels = part.out_channels = out_channels.numel()
-        elif self.groups > 1:
+        part.__dict__.update({k: v for k, v in self.__dict__.items() if k != "matrix"})
+        weight, bias = self.weight, self.bias
+        if self.groups > 1 and not self.depthwise:
             cout = self.out_channels // self.groups
             whole = in_channels is not None and out_channels.numel() % cout == 0
             if whole:
@@ -79,21 +89,17 @@ class PackedConv:
                     cout, device=groups.device)).reshape(-1))
             if not whole:
                 raise ValueError("channel slicing of a grouped convolution needs whole groups")
-            cin = self.in_channels // self.groups
-            weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[groups]
             part.groups = groups.numel()
-            part.in_channels, part.out_channels = groups.numel() * cin, out_channels.numel()
-        else:
-            k2 = self.kernel * self.kernel
-            matrix = matrix.view(k2, self.in_channels, self.out_channels)
-            if in_channels is not None:
-                weight, matrix = weight[:, in_channels], matrix[:, in_channels]
-                part.in_channels = in_channels.numel()
-            if out_channels is not None:
-                weight, bias, matrix = weight[out_channels], bias[out_channels], matrix[:, :, out_channels]
-                part.out_channels = out_channels.numel()
-            matrix = matrix.reshape(k2 * part.in_channels, part.out_channels)
-        part.weight, part.bias, part.matrix = weight, bias, matrix
+            part.in_channels = groups.numel() * (self.in_channels // self.groups)
+        elif self.depthwise:
+            part.groups = part.in_channels = out_channels.numel()
+        elif in_channels is not None:
+            weight = weight.index_select(1, in_channels)
+            part.in_channels = in_channels.numel()
+        if out_channels is not None:
+            weight, bias = weight.index_select(0, out_channels), bias.index_select(0, out_channels)
+            part.out_channels = out_channels.numel()
+        part.weight, part.bias = weight, bias
         return part
 
 
