@@ -226,3 +226,39 @@ def markdown_table(rows: list[BenchRow]) -> str:
              f"| {r.speedup:.2f}x ({r.speedup_q1:.2f}-{r.speedup_q3:.2f}) | {r.efficiency:.2f} |"
              for r in rows]
     return f"Machine: {machine_description()}\n\n" + header + "\n".join(lines) + "\n"
+
+
+def best_per_stage(rows: list[BenchRow]) -> list[BenchRow]:
+    """Per block shape, paradigm, rate and batch, the row of the best granularity."""
+    best: dict[tuple, BenchRow] = {}
+    for r in rows:
+        key = (r.kind, r.model, r.stride, r.paradigm, r.target_rate, r.batch)
+        if key not in best or r.speedup > best[key].speedup:
+            best[key] = r
+    return list(best.values())
+
+
+def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: Iterable[int] = (1, 8),
+              progress: bool = True) -> dict[str, Path]:
+    """Run the block and/or network benchmarks and write their tables into ``out_dir``:
+    ``blocks.*`` (every configuration), ``blocks_best.*`` (best granularity per stage),
+    ``networks.*``."""
+    from tqdm import tqdm
+
+    if suite not in ("all", "blocks", "networks"):
+        raise ValueError(f"benchmark suite {suite!r} is unknown; allowed: all, blocks, networks")
+    batches = tuple(batches)
+    paths: dict[str, Path] = {}
+    if suite in ("all", "blocks"):
+        configs = block_suite(quick, batches)
+        rows = [bench_block(**c, repeats=5 if quick else 7)
+                for c in tqdm(configs, desc="blocks", disable=not progress)]
+        paths.update({f"blocks.{k}": v for k, v in write_results(rows, out_dir, "blocks").items()})
+        paths.update({f"blocks_best.{k}": v for k, v in write_results(best_per_stage(rows), out_dir,
+                                                                          "blocks_best").items()})
+    if suite in ("all", "networks"):
+        configs = network_suite(quick, batches)
+        rows = [bench_network(**c, repeats=3 if quick else 5)
+                for c in tqdm(configs, desc="networks", disable=not progress)]
+        paths.update({f"networks.{k}": v for k, v in write_results(rows, out_dir, "networks").items()})
+    return paths

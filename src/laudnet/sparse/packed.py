@@ -22,7 +22,8 @@ class PackedConv:
 
     Standard convolutions become one GEMM, depthwise ones a batched product over channels,
     grouped ones a batched GEMM over groups. ``weight`` is the folded
-    ``(C_out, C_in/groups, k, k)`` tensor for direct convolutions.
+    ``(C_out, C_in/groups, k, k)`` tensor for direct convolutions; ``weight`` and
+    ``matrix`` are each derived from the other when first needed.
     """
 
     def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -34,7 +35,8 @@ class PackedConv:
             bias = (bias - norm.running_mean) * scale + norm.bias.detach()
         elif not isinstance(norm, nn.Identity):
             raise TypeError(f"sparse execution folds BatchNorm2d or Identity, not {type(norm).__name__}")
-        self.weight, self.bias = weight.contiguous(), bias
+        self.__dict__["weight"] = weight.contiguous()
+        self.bias = bias
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
         self.padding, self.dilation = conv.padding[0], conv.dilation[0]
         self.groups = conv.groups
@@ -43,15 +45,26 @@ class PackedConv:
 
     @functools.cached_property
     def matrix(self) -> Tensor:
-        """GEMM operand: ``(k²·C_in, C_out)``; depthwise ``(k², C)``; grouped
-        ``(groups, k²·C_in/groups, C_out/groups)``."""
-        k2, w = self.kernel * self.kernel, self.weight
+        """GEMM operand: ``(k²·C_in, C_out)`` with rows in ``(ky, kx, c)`` order; depthwise
+        ``(k², C)``; grouped ``(groups, k²·C_in/groups, C_out/groups)``."""
+        k, k2, w = self.kernel, self.kernel * self.kernel, self.weight
         if self.groups == 1:
             return w.permute(2, 3, 1, 0).reshape(k2 * self.in_channels, self.out_channels).contiguous()
         if self.depthwise:
             return w.reshape(self.out_channels, k2).t().contiguous()
         g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
-        return w.view(g, cout, cin, self.kernel, self.kernel).permute(0, 3, 4, 2, 1).reshape(g, k2 * cin, cout).contiguous()
+        return w.view(g, cout, cin, k, k).permute(0, 3, 4, 2, 1).reshape(g, k2 * cin, cout).contiguous()
+
+    @functools.cached_property
+    def weight(self) -> Tensor:
+        """The folded ``(C_out, C_in/groups, k, k)`` weight."""
+        k, m = self.kernel, self.matrix
+        if self.groups == 1:
+            return m.reshape(k, k, self.in_channels, self.out_channels).permute(3, 2, 0, 1)
+        if self.depthwise:
+            return m.t().reshape(self.out_channels, 1, k, k)
+        g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+        return m.view(g, k, k, cin, cout).permute(0, 4, 3, 1, 2).reshape(self.out_channels, cin, k, k)
 
     def conv2d(self, x: Tensor) -> Tensor:
         """The folded convolution on a whole ``(B, C_in, H, W)`` map."""
@@ -74,13 +87,20 @@ class PackedConv:
 
         Depthwise and grouped convolutions keep input and output channels together: a
         depthwise one takes ``out_channels`` for both; a grouped one must be given whole
-        convolution groups. Only the weights are copied (``index_select``); the GEMM
-        operand is derived from them when first used.
+        convolution groups. Only contiguous rows are copied (``index_select``): the output
+        rows of the weight for a pointwise convolution sliced on its outputs, the tap rows
+        of the GEMM operand otherwise.
         """
         part = object.__new__(PackedConv)
-        part.__dict__.update({k: v for k, v in self.__dict__.items() if k != "matrix"})
-        weight, bias = self.weight, self.bias
-        if self.groups > 1 and not self.depthwise:
+        part.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("weight", "matrix")})
+        if out_channels is not None:
+            part.bias = self.bias.index_select(0, out_channels)
+            part.out_channels = out_channels.numel()
+        k2 = self.kernel * self.kernel
+        if self.depthwise:
+            part.groups = part.in_channels = out_channels.numel()
+            part.__dict__["matrix"] = self.matrix.index_select(1, out_channels)
+        elif self.groups > 1:
             cout = self.out_channels // self.groups
             whole = in_channels is not None and out_channels.numel() % cout == 0
             if whole:
@@ -91,15 +111,18 @@ class PackedConv:
                 raise ValueError("channel slicing of a grouped convolution needs whole groups")
             part.groups = groups.numel()
             part.in_channels = groups.numel() * (self.in_channels // self.groups)
-        elif self.depthwise:
-            part.groups = part.in_channels = out_channels.numel()
-        elif in_channels is not None:
-            weight = weight.index_select(1, in_channels)
-            part.in_channels = in_channels.numel()
-        if out_channels is not None:
-            weight, bias = weight.index_select(0, out_channels), bias.index_select(0, out_channels)
-            part.out_channels = out_channels.numel()
-        part.weight, part.bias = weight, bias
+            part.__dict__["matrix"] = self.matrix.index_select(0, groups)
+        elif in_channels is None and k2 == 1:
+            rows = self.weight.view(self.out_channels, self.in_channels).index_select(0, out_channels)
+            part.__dict__["matrix"] = rows.t()
+        else:
+            matrix = self.matrix.view(k2, self.in_channels, self.out_channels)
+            if in_channels is not None:
+                matrix = matrix.index_select(1, in_channels)
+                part.in_channels = in_channels.numel()
+            if out_channels is not None:
+                matrix = matrix.index_select(2, out_channels)
+            part.__dict__["matrix"] = matrix.reshape(k2 * part.in_channels, part.out_channels)
         return part
 
 

@@ -1,0 +1,31 @@
+"""Sparse against dense wall-clock speed of ResNet-50 blocks and whole ResNet-50/101.
+
+    python benchmarks/sparse_speed.py --out benchmarks/results/sparse_speed [--quick] [--suite blocks]
+
+Writes CSV, JSON and markdown tables (see laudnet.latency.bench). The same as
+``laudnet bench``. Never run from the tests: timings are measured, not asserted.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from laudnet.latency.bench import run_suite
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sparse_speed"))
+    parser.add_argument("--suite", default="all", choices=["all", "blocks", "networks"])
+    parser.add_argument("--quick", action="store_true", help="fewer configurations and repeats")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name, path in run_suite(args.out, args.suite, args.quick, args.batch).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
