@@ -542,8 +542,14 @@ class DynamicBlock(nn.Module):
         per_run = 1.0 if separate else running
         if channels == 0:
             return self._plan_epilogue(batch, sizes)
-        weights = sum(u.conv.weight.numel() for u in self.units()) * channels / self.inner_channels
-        ops = [memory_op("slice", "weights", weights, count=runs)] if keep < groups else []
+        fraction = channels / self.inner_channels
+        units = self.units()
+        copied = 0.0  # elements copied by PackedConv.sliced: input rows first, then output columns
+        for i, unit in enumerate(units):
+            sliced_in, sliced_out = i > 0, i < len(units) - 1
+            share = (fraction if sliced_in else 0.0) + (fraction ** (2 if sliced_in else 1) if sliced_out else 0.0)
+            copied += unit.conv.weight.numel() * share
+        ops = [memory_op("slice", "weights", copied, count=runs)] if keep < groups else []
         for op in self._plan_units(per_run, sizes, [None] * len(self.units()), channels):
             ops.append(Op(op.kind, op.name, op.macs, op.bytes, op.shape, op.count * runs))
         return ops + self._plan_epilogue(batch, sizes)
