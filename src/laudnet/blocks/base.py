@@ -136,6 +136,26 @@ class DynamicBlock(nn.Module):
         self.channel_masker = (ChannelMasker(in_channels, inner_channels, config.granularity, gate_scale)
                                if config.channel else None)
         self.layer_masker = LayerMasker(in_channels, gate_scale) if config.layer else None
+        if config.channel:
+            self._check_grouped_convs()
+
+    def _check_grouped_convs(self) -> None:
+        """Channel skipping slices grouped and depthwise convolutions by whole groups: they
+        must map the inner channels to themselves, and a channel group of G must cover
+        whole convolution groups."""
+        units = self.units()
+        for i, unit in enumerate(units):
+            conv = unit.conv
+            if conv.groups == 1:
+                continue
+            width = conv.out_channels // conv.groups
+            if i == len(units) - 1 or not conv.in_channels == conv.out_channels == self.inner_channels:
+                raise ValueError(f"channel skipping needs grouped convolutions to map the {self.inner_channels} "
+                                 f"inner channels to themselves; unit {i} maps {conv.in_channels} to "
+                                 f"{conv.out_channels}")
+            if self.config.granularity % width:
+                raise ValueError(f"channel granularity {self.config.granularity} splits the {width}-channel "
+                                 f"groups of a grouped convolution; allowed: multiples of {width}")
 
     def units(self) -> list[Unit]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -278,10 +298,10 @@ class DynamicBlock(nn.Module):
                     weight = weight[out_idx]
                 if i > 0:
                     weight = weight[:, channels]
-            elif groups == conv.in_channels == conv.out_channels:
-                weight, groups = weight[channels], channels.numel()
-            else:
-                raise NotImplementedError("channel skipping of grouped convolutions")
+            else:  # grouped or depthwise: whole groups are kept (checked in setup_gates)
+                if i == 0:
+                    h = h[:, channels]
+                weight, groups = weight[channels], channels.numel() * groups // conv.out_channels
             bias = conv.bias if conv.bias is None or out_idx is None else conv.bias[out_idx]
             h = F.conv2d(h, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
             if out_idx is None:
@@ -361,10 +381,9 @@ class DynamicBlock(nn.Module):
             rate = d.channel.mean(dim=1)
             branch = 0.0
             for i, (unit, size) in enumerate(zip(units, sizes)):
-                per_pair = conv_macs(unit.conv, *size, in_channels=1, out_channels=1)
                 cin = unit.conv.in_channels if i == 0 else active
                 cout = active if i < len(units) - 1 else unit.conv.out_channels
-                branch = branch + per_pair * cout * (cin if unit.conv.groups == 1 else 1)
+                branch = branch + conv_macs(unit.conv, *size, in_channels=cin, out_channels=cout)
         else:
             rate = torch.ones(batch, device=x.device)
             branch = static - self._shortcut_macs(sizes[-1])
