@@ -12,6 +12,15 @@ A residual block computes ``out = act(identity + branch(x))``; its branch is a c
 - layer: ``out = act(identity + g * branch(x))``, ``g`` times the learned scale if any;
 - ``layer+spatial`` / ``layer+channel``: the layer gate multiplies the gated branch.
 
+A unit may end in squeeze-excitation (SE, RegNet-Y), applied after its activation and the
+channel mask. SE multiplies each channel by an excitation computed from the channel's mean,
+and that mean is taken over the positions the block computes: under spatial skipping, the
+mean over the active output positions, ``sum(h * up(M)) / max(sum(up(M)), 1)``; under
+channel skipping, skipped channels enter as zeros (their own excitation is irrelevant, they
+stay zero). With every gate open this is the ordinary SE. So that the SE map is the block's
+output grid, only 1×1 stride-1 convolutions may follow it, and sparse execution needs only
+the active patches (their pixels inside the map) to compute it.
+
 ``masked`` execution computes the dense branch and multiplies (differentiable, for
 training). ``sparse`` execution skips the work: it gathers the active patches with the halo
 their convolutions need, slices weights to the active channels, runs blocks only for the
@@ -39,11 +48,28 @@ EXECUTION_MODES = ("masked", "sparse", "static")
 
 @dataclass
 class Unit:
-    """One step of a residual branch: ``act(norm(conv(x)))``."""
+    """One step of a residual branch: ``act(norm(conv(x)))``, optionally followed by a
+    squeeze-excitation ``se`` (torchvision's ``SqueezeExcitation``)."""
 
     conv: nn.Conv2d
     norm: nn.BatchNorm2d
     act: Callable[[Tensor], Tensor] | None
+    se: nn.Module | None = None
+
+
+def _excite(se: nn.Module, pooled: Tensor, channels: Tensor | None = None) -> Tensor:
+    """``(N, C, 1, 1)`` excitation of torchvision's ``SqueezeExcitation`` from channel means
+    ``(N, C)``, optionally restricted to ``channels`` (skipped ones contribute zero means)."""
+    w1, w2, b2 = se.fc1.weight, se.fc2.weight, se.fc2.bias
+    if channels is not None:
+        w1, w2, b2 = w1[:, channels], w2[channels], b2[channels]
+    hidden = se.activation(F.conv2d(pooled[:, :, None, None], w1, se.fc1.bias))
+    return se.scale_activation(F.conv2d(hidden, w2, b2))
+
+
+def _se_macs(se: nn.Module, channels: int | Tensor | None = None) -> int | Tensor:
+    """MACs of one excitation, on ``channels`` of its channels if given."""
+    return conv_macs(se.fc1, 1, 1, in_channels=channels) + conv_macs(se.fc2, 1, 1, out_channels=channels)
 
 
 @dataclass
@@ -138,6 +164,17 @@ class DynamicBlock(nn.Module):
         self.layer_masker = LayerMasker(in_channels, gate_scale) if config.layer else None
         if config.channel:
             self._check_grouped_convs()
+        self._check_squeeze_excitation()
+
+    def _check_squeeze_excitation(self) -> None:
+        """SE must see the block's output grid: only 1×1 stride-1 convolutions may follow it."""
+        units = self.units()
+        for i, unit in enumerate(units):
+            later = [u.conv for u in units[i + 1:]]
+            if unit.se is not None and any(c.kernel_size != (1, 1) or c.stride != (1, 1) or c.padding != (0, 0)
+                                           for c in later):
+                raise ValueError(f"squeeze-excitation of unit {i} is followed by a convolution that is not "
+                                 "1x1 with stride 1; dynamic blocks need SE on the output grid")
 
     def _check_grouped_convs(self) -> None:
         """Channel skipping slices grouped and depthwise convolutions by whole groups: they
@@ -207,9 +244,11 @@ class DynamicBlock(nn.Module):
         scale = None if d.channel_scale is None else expand_groups(d.channel_scale, group, self.inner_channels)
         return mask, scale
 
-    def run_units(self, h: Tensor, channel: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    def run_units(self, h: Tensor, channel: Tensor | None = None, scale: Tensor | None = None,
+                  spatial: Tensor | None = None) -> Tensor:
         """The dense branch; ``channel`` and ``scale`` (``(B, C_inner)``) multiply the
-        outputs of the inner units, the scale only the last inner one."""
+        outputs of the inner units, the scale only the last inner one; ``spatial``, the
+        upsampled mask ``(B, H_out, W_out)``, restricts the SE means to active positions."""
         units = self.units()
         for i, unit in enumerate(units):
             h = unit.norm(unit.conv(h))
@@ -217,15 +256,24 @@ class DynamicBlock(nn.Module):
                 h = unit.act(h)
             if channel is not None and i < len(units) - 1:
                 h = h * channel[:, :, None, None]
-                if scale is not None and i == len(units) - 2:
-                    h = h * scale[:, :, None, None]
+            if unit.se is not None and spatial is None:
+                h = unit.se(h)
+            elif unit.se is not None:
+                count = spatial.sum(dim=(1, 2)).clamp_min(1)
+                h = h * _excite(unit.se, (h * spatial[:, None]).sum(dim=(2, 3)) / count[:, None])
+            if scale is not None and i == len(units) - 2:
+                h = h * scale[:, :, None, None]
         return h
 
     def _forward_masked(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         channel, scale = self._channel_factors(d) if d.channel is not None else (None, None)
-        h = self.run_units(x, channel, scale)
+        spatial = None
         if d.spatial is not None:
-            h = h * upsample_mask(d.spatial, self.config.granularity, h.shape[-2], h.shape[-1]).unsqueeze(1)
+            height, width = self._unit_sizes(x.shape[-2], x.shape[-1])[-1]
+            spatial = upsample_mask(d.spatial, self.config.granularity, height, width)
+        h = self.run_units(x, channel, scale, spatial)
+        if spatial is not None:
+            h = h * spatial.unsqueeze(1)
         if d.layer is not None:
             gate = d.layer if d.layer_scale is None else d.layer * d.layer_scale
             h = h * gate[:, None, None, None]
@@ -311,6 +359,8 @@ class DynamicBlock(nn.Module):
                                  norm.weight[out_idx], norm.bias[out_idx], False, 0.0, norm.eps)
             if unit.act is not None:
                 h = unit.act(h)
+            if unit.se is not None:
+                h = h * _excite(unit.se, h.mean(dim=(2, 3)), out_idx)
             if scale is not None and i == last - 1:
                 h = h * scale[:, :, None, None]
         return h
@@ -341,11 +391,22 @@ class DynamicBlock(nn.Module):
             h = unit.norm(F.conv2d(h, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups))
             if unit.act is not None:
                 h = unit.act(h)
+            if unit.se is not None:
+                h = h * self._excite_patches(unit.se, h, index, window_validity(*sizes[i], index, windows[i + 1], h))
             if i < len(units) - 1 and units[i + 1].conv.padding[0] > 0:
                 h = h * window_validity(*sizes[i], index, windows[i + 1], h)
         if scale is not None:
             h = h * scale[index.batch, None, None, None]
         return scatter_add_patches(identity, h, index, self.config.granularity)
+
+    @staticmethod
+    def _excite_patches(se: nn.Module, h: Tensor, index: PatchIndex, valid: Tensor) -> Tensor:
+        """Excitation of each gathered patch ``(N, C, 1, 1)``: per sample, the SE means are
+        taken over the pixels of its active patches that lie inside the map (``valid``)."""
+        samples, row = index.batch.unique(return_inverse=True)
+        sums = h.new_zeros(samples.numel(), h.shape[1]).index_add_(0, row, (h * valid).sum(dim=(2, 3)))
+        counts = h.new_zeros(samples.numel()).index_add_(0, row, valid.sum(dim=(1, 2, 3)))
+        return _excite(se, sums / counts.clamp_min(1)[:, None])[row]
 
     # ----------------------------------------------------------------- accounting
     def _shortcut_macs(self, out_size: tuple[int, int]) -> int:
@@ -357,7 +418,8 @@ class DynamicBlock(nn.Module):
         """MACs of the static block (branch and shortcut) for one ``(C, H, W)`` input."""
         sizes = self._unit_sizes(input_shape[-2], input_shape[-1])
         branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes))
-        return branch + self._shortcut_macs(sizes[-1])
+        excitation = sum(_se_macs(u.se) for u in self.units() if u.se is not None)
+        return branch + excitation + self._shortcut_macs(sizes[-1])
 
     def _record(self, x: Tensor, d: Decision | None) -> BlockRecord:
         shape = tuple(x.shape[1:])
@@ -374,7 +436,8 @@ class DynamicBlock(nn.Module):
             rate = d.spatial.flatten(1).mean(dim=1)
             windows = self.windows()
             per_patch = sum(conv_macs(u.conv, w.size, w.size) for u, w in zip(units, windows[1:]))
-            branch = patches * per_patch
+            per_sample = sum(_se_macs(u.se) for u in units if u.se is not None)  # samples with patches
+            branch = patches * per_patch + (patches > 0) * per_sample
         elif d.channel is not None:
             mask, _ = self._channel_factors(d)
             active = mask.sum(dim=1, dtype=torch.float64)
@@ -384,6 +447,8 @@ class DynamicBlock(nn.Module):
                 cin = unit.conv.in_channels if i == 0 else active
                 cout = active if i < len(units) - 1 else unit.conv.out_channels
                 branch = branch + conv_macs(unit.conv, *size, in_channels=cin, out_channels=cout)
+                if unit.se is not None:
+                    branch = branch + _se_macs(unit.se, cout)
         else:
             rate = torch.ones(batch, device=x.device)
             branch = static - self._shortcut_macs(sizes[-1])
