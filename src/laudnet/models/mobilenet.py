@@ -18,10 +18,14 @@ stage   t     c     n    s    dynamic blocks (``features.i``)
 Only inverted residuals with a residual connection (all but the first block of a row,
 unless the row keeps stride 1 and width) become dynamic; the others stay torchvision's
 static ``InvertedResidual``. A stage without residual blocks is static (``none``): a
-single paradigm word leaves it so, a per-stage spec must say ``none`` for it. Default
-granularity: spatial 4-4-4-2-2-1-1 (patches of 4 on maps of 28 and more, as for ResNets);
-channel 8 expanded channels per group (a custom setting with another number of rows
-defaults to 4 and 8 in every stage).
+single paradigm word leaves it so, a per-stage spec must say ``none`` for it.
+
+Default granularity: channel, 8 expanded channels per group; spatial, 8 on the 56×56 map
+and 7 elsewhere (capped at the map side, so 7 is a whole 7×7 map). Patches are coarser
+than ResNet's 4-4-2-1 because the 1×1 expansion is recomputed on every patch's 1-pixel
+halo: at activation rate 1 the sparse path executes about 4.8× the static MACs of a block
+with S=1, 2.1× with S=4 and 1.3× with S=7. A custom setting with another number of rows
+defaults to 7 and 8 in every stage.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from .registry import register_model
 SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 """torchvision's inverted-residual setting: expansion t, channels c, blocks n, first stride s."""
 
-DEFAULT_GRANULARITY = {"spatial": (4, 4, 4, 2, 2, 1, 1), "channel": (8,) * 7}
+DEFAULT_GRANULARITY = {"spatial": (8, 8, 7, 7, 7, 7, 7), "channel": (8,) * 7}
 
 
 class DynamicMobileNetV2(DynamicNetwork):
@@ -96,8 +100,9 @@ class DynamicMobileNetV2(DynamicNetwork):
             side = math.ceil(side / s)
             feature_sizes.append(side)
             width = out
-        defaults = DEFAULT_GRANULARITY if len(setting) == len(SETTING) else \
-            {kind: [values[0]] * len(setting) for kind, values in DEFAULT_GRANULARITY.items()}
+        defaults = {kind: values if len(setting) == len(SETTING) else [values[-1]] * len(setting)
+                    for kind, values in DEFAULT_GRANULARITY.items()}
+        defaults["spatial"] = [min(s, side) for s, side in zip(defaults["spatial"], feature_sizes)]
         words = parse_paradigm(paradigm, len(setting))
         single = len(paradigm.split("-") if isinstance(paradigm, str) else list(paradigm)) == 1
         for stage, (word, has_residual) in enumerate(zip(words, residual), start=1):
