@@ -87,41 +87,30 @@ class DynamicMobileNetV2(DynamicNetwork):
         input_channel = _make_divisible(stem_width * width_mult, round_nearest)
         self.last_channel = _make_divisible(last_channel * max(1.0, width_mult), round_nearest)
 
-        # per stage: block plans (inp, oup, stride, t), whether any is residual, hidden width, map side
-        plans, residual, hidden, feature_sizes = [], [], [], []
-        side = math.ceil((input_size or 224) / 2)
-        width = input_channel
-        for t, c, n, s in setting:
-            out = _make_divisible(c * width_mult, round_nearest)
-            rows = [(width if i == 0 else out, out, s if i == 0 else 1, t) for i in range(n)]
-            plans.append(rows)
-            residual.append(any(inp == oup and stride == 1 for inp, oup, stride, _ in rows))
-            hidden.append(int(round(out * t)))
-            side = math.ceil(side / s)
+        stages = _stage_blocks(setting, input_channel, width_mult, round_nearest)
+        residual = [any(_is_residual(block) for block in blocks) for blocks in stages]
+        hidden = [int(round(blocks[-1][1] * blocks[-1][3])) for blocks in stages]  # expanded width of a residual block
+        feature_sizes, side = [], math.ceil((input_size or 224) / 2)
+        for _, _, _, stride in setting:
+            side = math.ceil(side / stride)
             feature_sizes.append(side)
-            width = out
         defaults = {kind: values if len(setting) == len(SETTING) else [values[-1]] * len(setting)
                     for kind, values in DEFAULT_GRANULARITY.items()}
-        defaults["spatial"] = [min(s, side) for s, side in zip(defaults["spatial"], feature_sizes)]
-        words = parse_paradigm(paradigm, len(setting))
-        single = len(paradigm.split("-") if isinstance(paradigm, str) else list(paradigm)) == 1
-        for stage, (word, has_residual) in enumerate(zip(words, residual), start=1):
-            if not has_residual and word != "none" and not single:
-                raise ValueError(f"stage {stage} of MobileNetV2 has no residual block; its paradigm must be "
-                                 f"'none', got {word!r}")
-        words = [w if r else "none" for w, r in zip(words, residual)]
-        self.stage_configs = stage_configs(words, granularity, feature_sizes, hidden, defaults)
+        defaults["spatial"] = [min(s, size) for s, size in zip(defaults["spatial"], feature_sizes)]
+        self.stage_configs = stage_configs(_stage_words(paradigm, residual), granularity, feature_sizes, hidden,
+                                           defaults)
 
         features: list[nn.Module] = [Conv2dNormActivation(3, input_channel, stride=2, activation_layer=nn.ReLU6)]
         self._stage_bounds = []
-        for rows, config in zip(plans, self.stage_configs):
+        for blocks, config in zip(stages, self.stage_configs):
             start = len(features)
-            for inp, oup, stride, t in rows:
-                if inp == oup and stride == 1:
-                    features.append(DynamicInvertedResidual(inp, oup, stride, t, config=config, gate_scale=gate_scale))
+            for block in blocks:
+                if _is_residual(block):
+                    features.append(DynamicInvertedResidual(*block, config=config, gate_scale=gate_scale))
                 else:
-                    features.append(InvertedResidual(inp, oup, stride, expand_ratio=t))
+                    features.append(InvertedResidual(*block))
             self._stage_bounds.append((start, len(features)))
+        width = stages[-1][-1][1]
         features.append(Conv2dNormActivation(width, self.last_channel, kernel_size=1, activation_layer=nn.ReLU6))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
@@ -147,6 +136,34 @@ class DynamicMobileNetV2(DynamicNetwork):
     def forward(self, x: Tensor) -> Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
         return self.classifier(torch.flatten(x, 1))
+
+
+def _stage_blocks(setting: list[list[int]], input_channel: int, width_mult: float,
+                  round_nearest: int) -> list[list[tuple[int, int, int, int]]]:
+    """``(inp, oup, stride, t)`` of every block, per stage, as torchvision builds them."""
+    stages = []
+    for t, c, n, s in setting:
+        out = _make_divisible(c * width_mult, round_nearest)
+        stages.append([(input_channel if i == 0 else out, out, s if i == 0 else 1, t) for i in range(n)])
+        input_channel = out
+    return stages
+
+
+def _is_residual(block: tuple[int, int, int, int]) -> bool:
+    inp, oup, stride, _ = block
+    return stride == 1 and inp == oup
+
+
+def _stage_words(paradigm: ParadigmSpec, residual: list[bool]) -> list[str]:
+    """Per-stage paradigms; stages without a residual block are ``none``, which a
+    per-stage spec must say (a single word applies to the stages that can use it)."""
+    words = parse_paradigm(paradigm, len(residual))
+    single = len(paradigm.split("-") if isinstance(paradigm, str) else list(paradigm)) == 1
+    for stage, (word, has_residual) in enumerate(zip(words, residual), start=1):
+        if not has_residual and word != "none" and not single:
+            raise ValueError(f"stage {stage} of MobileNetV2 has no residual block; its paradigm must be "
+                             f"'none', got {word!r}")
+    return [word if has_residual else "none" for word, has_residual in zip(words, residual)]
 
 
 @register_model
