@@ -120,7 +120,7 @@ def test_static_flops_equal_torchvision(name, gmacs):
 
 def test_default_granularities_and_stages():
     regnet = laudnet.create_model("regnet_y_1_6gf", paradigm="spatial-spatial-channel-channel")
-    assert [c.granularity for c in regnet.stage_configs] == [4, 4, 24, 24]  # channel: the group width
+    assert [c.granularity for c in regnet.stage_configs] == [8, 7, 24, 24]  # channel: the group width
     assert [len(s) for s in regnet.stages()] == [2, 6, 17, 2]
     mobilenet = laudnet.create_model("mobilenet_v2")
     assert mobilenet.paradigm == "none-spatial-spatial-spatial-spatial-spatial-none"
@@ -131,6 +131,8 @@ def test_default_granularities_and_stages():
     assert laudnet.create_model("mobilenet_v2", paradigm="channel").granularity == "1-8-8-8-8-8-1"
     small = laudnet.create_model("mobilenet_v2", input_size=64)  # maps 32, 16, 8, 4, 4, 2, 2
     assert [c.granularity for c in small.stage_configs] == [None, 8, 7, 4, 4, 2, None]
+    small = laudnet.create_model("regnet_y_400mf", input_size=64)  # maps 16, 8, 4, 2
+    assert [c.granularity for c in small.stage_configs] == [8, 7, 4, 2]
 
 
 @pytest.mark.parametrize("name, kwargs, words", [

@@ -23,8 +23,8 @@ single paradigm word leaves it so, a per-stage spec must say ``none`` for it.
 Default granularity: channel, 8 expanded channels per group; spatial, 8 on the 56×56 map
 and 7 elsewhere (capped at the map side, so 7 is a whole 7×7 map). Patches are coarser
 than ResNet's 4-4-2-1 because the 1×1 expansion is recomputed on every patch's 1-pixel
-halo: at activation rate 1 the sparse path executes about 4.8× the static MACs of a block
-with S=1, 2.1× with S=4 and 1.3× with S=7. A custom setting with another number of rows
+halo: at activation rate 1 the sparse path executes 4.4-4.9× the static MACs of a block
+with S=1, 1.5-2.1× with S=4 and 1.3× with S=7. A custom setting with another number of rows
 defaults to 7 and 8 in every stage.
 """
 

@@ -6,8 +6,11 @@ blocks (the first of each with stride 2), average pooling and ``fc``. Only the b
 dynamic. The widths, depths and group widths come from torchvision's ``BlockParams``.
 
 Stages are torchvision's four; at 224×224 their output maps are 56, 28, 14 and 7 pixels
-wide, as in ResNet-50. Default granularity: spatial 4-4-2-1 (as for ResNets); channel,
-the group width of the stage's 3×3 convolution (a channel group is one convolution group).
+wide, as in ResNet-50. Default granularity: channel, the group width of the stage's 3×3
+convolution (a channel group is one convolution group); spatial, 8-7-7-7 (capped at the
+map side, so 7 is a whole 7×7 map), coarser than ResNet's 4-4-2-1 because the sparse path
+recomputes the wide 1×1 ``f.a`` on each patch's halo: with 4-4-2-1 a RegNet-Y-400MF at
+activation rate 0.5 executes 1.27× its static MACs, with 8-7-7-7 0.84×.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..config import GranularitySpec, ParadigmSpec, stage_configs
 from .base import DynamicNetwork
 from .registry import register_model
 
-DEFAULT_SPATIAL_GRANULARITY = (4, 4, 2, 1)
+DEFAULT_SPATIAL_GRANULARITY = (8, 7, 7, 7)
 
 # torchvision's RegNet-Y design parameters (depth, w_0, w_a, w_m, group width), SE ratio 0.25
 REGNET_Y = {
@@ -73,7 +76,8 @@ class DynamicRegNet(DynamicNetwork):
         for stride in p.strides:
             side = math.ceil(side / stride)
             feature_sizes.append(side)
-        defaults = {"spatial": DEFAULT_SPATIAL_GRANULARITY, "channel": p.group_widths}
+        defaults = {"spatial": [min(s, size) for s, size in zip(DEFAULT_SPATIAL_GRANULARITY, feature_sizes)],
+                    "channel": p.group_widths}
         self.stage_configs = stage_configs(paradigm, granularity, feature_sizes, inner, defaults,
                                            channel_multiples=p.group_widths)
 
