@@ -28,3 +28,13 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: flo
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module on one intra-op thread. On the shared 2-core machines, OpenMP's
+    second thread waits for a busy core: small convolutions then take 10-100x longer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

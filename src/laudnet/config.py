@@ -86,6 +86,7 @@ def stage_configs(
     feature_sizes: Sequence[int],
     inner_channels: Sequence[int],
     default_granularity: dict[str, Sequence[int]],
+    channel_multiples: Sequence[int] | None = None,
 ) -> list[StageConfig]:
     """Validate a paradigm/granularity pair for a network and return one config per stage.
 
@@ -93,6 +94,8 @@ def stage_configs(
     size (S may not exceed them); ``inner_channels`` the widths the channel gate splits
     into groups (G may not exceed them). ``granularity=None`` takes, per stage, the
     family default for that stage's paradigm (``default_granularity["spatial"]`` etc.).
+    ``channel_multiples`` are the group widths of grouped inner convolutions: a channel
+    group must cover whole convolution groups, so G must be a multiple of them.
     """
     num_stages = len(feature_sizes)
     words = parse_paradigm(paradigm, num_stages)
@@ -117,6 +120,12 @@ def stage_configs(
             raise ValueError(
                 f"granularity of stage {stage} ({word}) is {value}, larger than {unit}; "
                 f"allowed: 1..{limit}"
+            )
+        multiple = 1 if channel_multiples is None else channel_multiples[stage - 1]
+        if kind == "channel" and value % multiple:
+            raise ValueError(
+                f"granularity of stage {stage} ({word}) is {value}, which splits the {multiple}-channel "
+                f"groups of its grouped convolution; allowed: multiples of {multiple} up to {limit}"
             )
         configs.append(StageConfig(word, value))
     return configs

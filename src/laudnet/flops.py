@@ -14,13 +14,16 @@ from torch import nn
 def conv_macs(conv: nn.Conv2d, out_height: int, out_width: int,
               in_channels: int | None = None, out_channels: int | None = None) -> int:
     """MACs of ``conv`` producing an ``out_height × out_width`` map, optionally with only
-    ``in_channels`` / ``out_channels`` of its channels (channel slicing)."""
+    ``in_channels`` / ``out_channels`` of its channels (channel slicing; counts may be
+    tensors). Slicing a grouped (or depthwise) convolution keeps whole groups, so each
+    output channel still reads ``conv.in_channels / conv.groups`` inputs."""
     kh, kw = conv.kernel_size
-    cin = conv.in_channels if in_channels is None else in_channels
     cout = conv.out_channels if out_channels is None else out_channels
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    per_output = kh * kw * (1 if depthwise else cin // conv.groups)
-    return per_output * cout * out_height * out_width
+    if conv.groups == 1:
+        fan_in = conv.in_channels if in_channels is None else in_channels
+    else:
+        fan_in = conv.in_channels // conv.groups
+    return kh * kw * fan_in * cout * out_height * out_width
 
 
 def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:

@@ -12,6 +12,15 @@ A residual block computes ``out = act(identity + branch(x))``; its branch is a c
 - layer: ``out = act(identity + g * branch(x))``, ``g`` times the learned scale if any;
 - ``layer+spatial`` / ``layer+channel``: the layer gate multiplies the gated branch.
 
+A unit may end in squeeze-excitation (SE, RegNet-Y), applied after its activation and the
+channel mask. SE multiplies each channel by an excitation computed from the channel's mean,
+and that mean is taken over the positions the block computes: under spatial skipping, the
+mean over the active output positions, ``sum(h * up(M)) / max(sum(up(M)), 1)``; under
+channel skipping, skipped channels enter as zeros (their own excitation is irrelevant, they
+stay zero). With every gate open this is the ordinary SE. So that the SE map is the block's
+output grid, only 1×1 stride-1 convolutions may follow it, and sparse execution needs only
+the active output pixels to compute it.
+
 ``masked`` execution computes the dense branch and multiplies (differentiable, for
 training). ``sparse`` execution skips the work (inference only). Feature maps are
 channels-last pixel rows (:mod:`laudnet.sparse.pixels`), batch norms are folded into the
@@ -65,7 +74,23 @@ class Unit:
 
     conv: nn.Conv2d
     norm: nn.BatchNorm2d
-    act: Callable[[Tensor], Tensor] | None
+    act: Callable[..., Tensor] | None
+    se: nn.Module | None = None
+
+
+def _excite(se: nn.Module, pooled: Tensor, channels: Tensor | None = None) -> Tensor:
+    """``(N, C, 1, 1)`` excitation of torchvision's ``SqueezeExcitation`` from channel means
+    ``(N, C)``, optionally restricted to ``channels`` (skipped ones contribute zero means)."""
+    w1, w2, b2 = se.fc1.weight, se.fc2.weight, se.fc2.bias
+    if channels is not None:
+        w1, w2, b2 = w1[:, channels], w2[channels], b2[channels]
+    hidden = se.activation(F.conv2d(pooled[:, :, None, None], w1, se.fc1.bias))
+    return se.scale_activation(F.conv2d(hidden, w2, b2))
+
+
+def _se_macs(se: nn.Module, channels: int | Tensor | None = None) -> int | Tensor:
+    """MACs of one excitation, on ``channels`` of its channels if given."""
+    return conv_macs(se.fc1, 1, 1, in_channels=channels) + conv_macs(se.fc2, 1, 1, out_channels=channels)
 
 
 @dataclass
@@ -172,6 +197,37 @@ class DynamicBlock(nn.Module):
         self.channel_masker = (ChannelMasker(in_channels, inner_channels, config.granularity, gate_scale)
                                if config.channel else None)
         self.layer_masker = LayerMasker(in_channels, gate_scale) if config.layer else None
+        if config.channel:
+            self._check_grouped_convs()
+        self._check_squeeze_excitation()
+
+    def _check_squeeze_excitation(self) -> None:
+        """SE must see the block's output grid: only 1×1 stride-1 convolutions may follow it."""
+        units = self.units()
+        for i, unit in enumerate(units):
+            later = [u.conv for u in units[i + 1:]]
+            if unit.se is not None and any(c.kernel_size != (1, 1) or c.stride != (1, 1) or c.padding != (0, 0)
+                                           for c in later):
+                raise ValueError(f"squeeze-excitation of unit {i} is followed by a convolution that is not "
+                                 "1x1 with stride 1; dynamic blocks need SE on the output grid")
+
+    def _check_grouped_convs(self) -> None:
+        """Channel skipping slices grouped and depthwise convolutions by whole groups: they
+        must map the inner channels to themselves, and a channel group of G must cover
+        whole convolution groups."""
+        units = self.units()
+        for i, unit in enumerate(units):
+            conv = unit.conv
+            if conv.groups == 1:
+                continue
+            width = conv.out_channels // conv.groups
+            if i == len(units) - 1 or not conv.in_channels == conv.out_channels == self.inner_channels:
+                raise ValueError(f"channel skipping needs grouped convolutions to map the {self.inner_channels} "
+                                 f"inner channels to themselves; unit {i} maps {conv.in_channels} to "
+                                 f"{conv.out_channels}")
+            if self.config.granularity % width:
+                raise ValueError(f"channel granularity {self.config.granularity} splits the {width}-channel "
+                                 f"groups of a grouped convolution; allowed: multiples of {width}")
 
     def units(self) -> list[Unit]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -238,9 +294,11 @@ class DynamicBlock(nn.Module):
         scale = None if d.channel_scale is None else expand_groups(d.channel_scale, group, self.inner_channels)
         return mask, scale
 
-    def run_units(self, h: Tensor, channel: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    def run_units(self, h: Tensor, channel: Tensor | None = None, scale: Tensor | None = None,
+                  spatial: Tensor | None = None) -> Tensor:
         """The dense branch; ``channel`` and ``scale`` (``(B, C_inner)``) multiply the
-        outputs of the inner units, the scale only the last inner one."""
+        outputs of the inner units, the scale only the last inner one; ``spatial``, the
+        upsampled mask ``(B, H_out, W_out)``, restricts the SE means to active positions."""
         units = self.units()
         for i, unit in enumerate(units):
             h = unit.norm(unit.conv(h))
@@ -248,8 +306,13 @@ class DynamicBlock(nn.Module):
                 h = unit.act(h)
             if channel is not None and i < len(units) - 1:
                 h = h * channel[:, :, None, None]
-                if scale is not None and i == len(units) - 2:
-                    h = h * scale[:, :, None, None]
+            if unit.se is not None and spatial is None:
+                h = unit.se(h)
+            elif unit.se is not None:
+                count = spatial.sum(dim=(1, 2)).clamp_min(1)
+                h = h * _excite(unit.se, (h * spatial[:, None]).sum(dim=(2, 3)) / count[:, None])
+            if scale is not None and i == len(units) - 2:
+                h = h * scale[:, :, None, None]
         return h
 
     def _spatial_mask(self, d: Decision, out_size: tuple[int, int]) -> Tensor:
@@ -260,9 +323,12 @@ class DynamicBlock(nn.Module):
 
     def _forward_masked(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         channel, scale = self._channel_factors(d) if d.channel is not None else (None, None)
-        h = self.run_units(x, channel, scale)
+        spatial = None
         if d.spatial is not None:
-            h = h * upsample_mask(d.spatial, self.config.granularity, h.shape[-2], h.shape[-1]).unsqueeze(1)
+            spatial = upsample_mask(d.spatial, self.config.granularity, *self._sizes(*x.shape[-2:])[-1])
+        h = self.run_units(x, channel, scale, spatial)
+        if spatial is not None:
+            h = h * spatial.unsqueeze(1)
         if d.layer is not None:
             gate = d.layer if d.layer_scale is None else d.layer * d.layer_scale
             h = h * gate[:, None, None, None]
@@ -311,14 +377,18 @@ class DynamicBlock(nn.Module):
         return masks, rows
 
     def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
-              scale_unit: tuple[int, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+              scale_unit: tuple[int, Tensor] | None = None, active: Tensor | None = None,
+              channels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Run the units on channels-last ``x``, each at its pixel rows (``None``: every
         pixel). Returns the last unit's output rows and their pixel indices (``None``:
         every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output per sample
-        (every-pixel units only)."""
+        (every-pixel units only). Squeeze-excitation averages over the block's ``active``
+        output rows (``None``: all), with its weights restricted to ``channels`` if given."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
         source, source_rows = pixel_rows(x), None
+        if convs[0].input_index is not None:  # a sliced grouped first unit reads its groups' inputs
+            source = source.index_select(1, convs[0].input_index)
         for i, (unit, conv, rows) in enumerate(zip(self.units(), convs, unit_rows)):
             if conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
                 if source_rows is None and rows is not None:
@@ -336,10 +406,32 @@ class DynamicBlock(nn.Module):
                 h = conv.rows(gather_taps(source, taps))
             if unit.act is not None:
                 h = unit.act(h, inplace=True)
+            if unit.se is not None:
+                h = self._excite_rows(unit.se, h, rows, active, batch, sizes[i + 1], channels)
             if scale_unit is not None and scale_unit[0] == i:
                 h = (h.view(batch, -1, h.shape[1]) * scale_unit[1][:, None, :]).view(-1, h.shape[1])
             source, source_rows = h, rows
         return source, source_rows
+
+    @staticmethod
+    def _excite_rows(se: nn.Module, h: Tensor, rows: Tensor | None, active: Tensor | None, batch: int,
+                     size: tuple[int, int], channels: Tensor | None) -> Tensor:
+        """Squeeze-excitation of pixel rows ``h`` (at ``rows``, ``None``: all), the means
+        taken over the ``active`` rows of each sample (``None``: all its pixels). Samples
+        without active rows get no excitation (they add nothing to the output)."""
+        pixels, width = size[0] * size[1], h.shape[1]
+        if active is None:
+            excitation = _excite(se, h.view(batch, pixels, width).mean(dim=1), channels).view(batch, 1, width)
+            return (h.view(batch, pixels, width) * excitation).view(-1, width)
+        present, sample = torch.unique(active // pixels, return_inverse=True)
+        values = h if rows is not None else h.index_select(0, active)  # rows, if given, are the active ones
+        sums = h.new_zeros(present.numel(), width).index_add_(0, sample, values)
+        counts = torch.bincount(sample, minlength=present.numel()).to(h.dtype)
+        excitation = _excite(se, sums / counts[:, None], channels).view(-1, width)
+        if rows is not None:
+            return h * excitation[sample]
+        table = h.new_ones(batch, width).index_copy_(0, present, excitation)
+        return (h.view(batch, pixels, width) * table[:, None, :]).view(-1, width)
 
     def _owns_identity(self, x: Tensor, identity: Tensor) -> tuple[bool, bool]:
         """Whether sparse execution may write into the identity, and whether the output
@@ -403,7 +495,7 @@ class DynamicBlock(nn.Module):
         rows = out_mask.reshape(-1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return self._add_samples(x, identity, []), masks
-        h, computed = self._rows(x, self._packed(), unit_rows)
+        h, computed = self._rows(x, self._packed(), unit_rows, active=rows)
         if rows.numel() == out_mask.numel():
             rows = None
         elif computed is None:
@@ -415,11 +507,11 @@ class DynamicBlock(nn.Module):
         return self._add_rows(x, identity, h, rows), masks
 
     def _branch_samples(self, x: Tensor, samples: Tensor, convs: list[PackedConv],
-                        scale_unit: tuple[int, Tensor] | None = None) -> Tensor:
+                        scale_unit: tuple[int, Tensor] | None = None, channels: Tensor | None = None) -> Tensor:
         """The branch at every pixel of the ``samples`` of ``x``."""
         if samples.numel() < x.shape[0]:
             x = x.index_select(0, samples).contiguous(memory_format=torch.channels_last)
-        return self._rows(x, convs, [None] * len(convs), scale_unit)[0]
+        return self._rows(x, convs, [None] * len(convs), scale_unit, channels=channels)[0]
 
     def _sparse_layer(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         samples = (d.layer > 0).nonzero().squeeze(1)
@@ -447,7 +539,7 @@ class DynamicBlock(nn.Module):
                 convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None)
                                               for i, conv in enumerate(packed)]
                 scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
-                h = self._branch_samples(x, samples, convs, scale_unit)
+                h = self._branch_samples(x, samples, convs, scale_unit, None if every else channels)
             if d.layer_scale is not None:
                 h = (h.reshape(samples.numel(), -1) * d.layer_scale[samples, None]).view(-1, h.shape[1])
             parts.append((samples, h))
@@ -564,7 +656,8 @@ class DynamicBlock(nn.Module):
         """MACs of the static block (branch and shortcut) for one ``(C, H, W)`` input."""
         sizes = self._sizes(input_shape[-2], input_shape[-1])
         branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes[1:]))
-        return branch + self._shortcut_macs(sizes[-1])
+        excitation = sum(_se_macs(u.se) for u in self.units() if u.se is not None)
+        return branch + excitation + self._shortcut_macs(sizes[-1])
 
     def _record(self, input_shape: torch.Size, device: torch.device, d: Decision | None,
                 unit_masks: list[Tensor] | None) -> BlockRecord:
@@ -583,6 +676,8 @@ class DynamicBlock(nn.Module):
                 unit_masks, _ = self.unit_masks(self._spatial_mask(d, sizes[-1]), sizes)
             branch = sum(mask.flatten(1).sum(dim=1, dtype=torch.float64) * conv_macs(u.conv, 1, 1)
                          for u, mask in zip(units, unit_masks))
+            excited = (unit_masks[-1].detach().flatten(1).sum(dim=1) > 0).double()  # samples with active pixels
+            branch = branch + excited * sum(_se_macs(u.se) for u in units if u.se is not None)
             layer = None  # folded into the spatial mask
         elif d.channel is not None:
             mask, _ = self._channel_factors(d)
@@ -590,10 +685,11 @@ class DynamicBlock(nn.Module):
             rate = d.channel.mean(dim=1)
             branch = 0.0
             for i, (unit, size) in enumerate(zip(units, sizes[1:])):
-                per_pair = conv_macs(unit.conv, *size, in_channels=1, out_channels=1)
                 cin = unit.conv.in_channels if i == 0 else active
                 cout = active if i < len(units) - 1 else unit.conv.out_channels
-                branch = branch + per_pair * cout * (cin if unit.conv.groups == 1 else 1)
+                branch = branch + conv_macs(unit.conv, *size, in_channels=cin, out_channels=cout)
+                if unit.se is not None:
+                    branch = branch + _se_macs(unit.se, cout)
             layer = d.layer
         else:
             rate = torch.ones(batch, device=device)

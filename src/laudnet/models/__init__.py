@@ -7,6 +7,8 @@ from torch import nn
 
 from .base import DynamicNetwork
 from .registry import create_model, list_models, register_model
+from .mobilenet import DynamicMobileNetV2, convert_mobilenet_v2
+from .regnet import DynamicRegNet, convert_regnet
 from .resnet import DynamicResNet, convert_resnet
 
 
@@ -19,7 +21,12 @@ def convert(model: nn.Module, **kwargs) -> DynamicNetwork:
     """
     if isinstance(model, torchvision.models.ResNet):
         return convert_resnet(model, **kwargs)
-    raise ValueError(f"cannot convert {type(model).__name__}; supported: torchvision ResNet")
+    if isinstance(model, torchvision.models.RegNet):
+        return convert_regnet(model, **kwargs)
+    if isinstance(model, torchvision.models.MobileNetV2):
+        return convert_mobilenet_v2(model, **kwargs)
+    raise ValueError(f"cannot convert {type(model).__name__}; supported: torchvision ResNet, RegNet, MobileNetV2")
 
 
-__all__ = ["DynamicNetwork", "DynamicResNet", "convert", "create_model", "list_models", "register_model"]
+__all__ = ["DynamicMobileNetV2", "DynamicNetwork", "DynamicRegNet", "DynamicResNet", "convert", "create_model",
+           "list_models", "register_model"]

@@ -42,6 +42,7 @@ class PackedConv:
         self.groups = conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        self.input_index: Tensor | None = None  # for sliced grouped convolutions: the inputs they read
 
     @functools.cached_property
     def matrix(self) -> Tensor:
@@ -100,9 +101,10 @@ class PackedConv:
         if self.depthwise:
             part.groups = part.in_channels = out_channels.numel()
             part.__dict__["matrix"] = self.matrix.index_select(1, out_channels)
+            part.input_index = out_channels
         elif self.groups > 1:
-            cout = self.out_channels // self.groups
-            whole = in_channels is not None and out_channels.numel() % cout == 0
+            cout, cin = self.out_channels // self.groups, self.in_channels // self.groups
+            whole = out_channels.numel() % cout == 0
             if whole:
                 groups = out_channels.view(-1, cout)[:, 0] // cout
                 whole = torch.equal(out_channels, (groups[:, None] * cout + torch.arange(
@@ -110,8 +112,9 @@ class PackedConv:
             if not whole:
                 raise ValueError("channel slicing of a grouped convolution needs whole groups")
             part.groups = groups.numel()
-            part.in_channels = groups.numel() * (self.in_channels // self.groups)
+            part.in_channels = groups.numel() * cin
             part.__dict__["matrix"] = self.matrix.index_select(0, groups)
+            part.input_index = (groups[:, None] * cin + torch.arange(cin, device=groups.device)).reshape(-1)
         elif in_channels is None and k2 == 1:
             rows = self.weight.view(self.out_channels, self.in_channels).index_select(0, out_channels)
             part.__dict__["matrix"] = rows.t()
