@@ -597,6 +597,8 @@ class DynamicBlock(nn.Module):
                 ops.append(gemm_op(f"unit{i}", count, kernel * kernel * c_in // groups, c_out // groups, groups))
             if unit.act is not None:
                 ops.append(memory_op("elementwise", f"unit{i}.act", count * c_out))
+            if unit.se is not None:  # channel means, the excitation per sample, the product
+                ops.append(Op("masker", f"unit{i}.se", batch * _se_macs(unit.se, c_out), 3 * count * c_out * 4))
             source_full = unit_rows is None
         return ops
 
