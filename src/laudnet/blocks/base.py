@@ -396,7 +396,7 @@ class DynamicBlock(nn.Module):
                 h = conv.rows(source.unsqueeze(1))
             elif rows is None and source_rows is None and direct_convolution(
                     conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels):
-                h = pixel_rows(conv.conv2d(from_rows(source, batch, *sizes[i])))
+                h = conv.conv2d_rows(from_rows(source, batch, *sizes[i]))
             else:
                 table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
                                        conv.padding, conv.dilation, x.device)
@@ -548,7 +548,7 @@ class DynamicBlock(nn.Module):
     def _zero_response(self) -> Tensor:
         """``(1, C_out)``: the last unit's output when all its inputs are zero."""
         last, packed = self.units()[-1], self._packed()[-1]
-        h = packed.bias[None, :]
+        h = packed.shift[None, :]
         return h if last.act is None else last.act(h)
 
     # ----------------------------------------------------------------- plans

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=32)
 def _neighbor_table(batch: int, in_h: int, in_w: int, out_h: int, out_w: int, kernel: int,
                     stride: int, padding: int, dilation: int, device: str) -> Tensor:
     oy = torch.arange(out_h, device=device).view(out_h, 1, 1, 1) * stride - padding
