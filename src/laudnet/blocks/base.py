@@ -197,13 +197,15 @@ class DynamicBlock(nn.Module):
         self.channel_masker = (ChannelMasker(in_channels, inner_channels, config.granularity, gate_scale)
                                if config.channel else None)
         self.layer_masker = LayerMasker(in_channels, gate_scale) if config.layer else None
+        self._units = self.units()  # the branch, read once: blocks do not swap their modules
+        self._size_cache: dict[tuple[int, int], list[tuple[int, int]]] = {}
         if config.channel:
             self._check_grouped_convs()
         self._check_squeeze_excitation()
 
     def _check_squeeze_excitation(self) -> None:
         """SE must see the block's output grid: only 1×1 stride-1 convolutions may follow it."""
-        units = self.units()
+        units = self._units
         for i, unit in enumerate(units):
             later = [u.conv for u in units[i + 1:]]
             if unit.se is not None and any(c.kernel_size != (1, 1) or c.stride != (1, 1) or c.padding != (0, 0)
@@ -215,7 +217,7 @@ class DynamicBlock(nn.Module):
         """Channel skipping slices grouped and depthwise convolutions by whole groups: they
         must map the inner channels to themselves, and a channel group of G must cover
         whole convolution groups."""
-        units = self.units()
+        units = self._units
         for i, unit in enumerate(units):
             conv = unit.conv
             if conv.groups == 1:
@@ -299,7 +301,7 @@ class DynamicBlock(nn.Module):
         """The dense branch; ``channel`` and ``scale`` (``(B, C_inner)``) multiply the
         outputs of the inner units, the scale only the last inner one; ``spatial``, the
         upsampled mask ``(B, H_out, W_out)``, restricts the SE means to active positions."""
-        units = self.units()
+        units = self._units
         for i, unit in enumerate(units):
             h = unit.norm(unit.conv(h))
             if unit.act is not None:
@@ -336,19 +338,22 @@ class DynamicBlock(nn.Module):
 
     # ----------------------------------------------------------------- sparse execution
     def _packed(self) -> list[PackedConv]:
-        """The units' convolutions with folded batch norms, rebuilt when a weight changes."""
-        units = self.units()
-        key = pack_key([m for u in units for m in (u.conv, u.norm)])
+        """The units' GEMM operands and norms, rebuilt when a weight or statistic changes."""
+        units = self._units
+        key = pack_key([(u.conv, u.norm) for u in units])
         if self._packed_cache is None or self._packed_cache[0] != key:
             self._packed_cache = (key, [PackedConv(u.conv, u.norm) for u in units])
         return self._packed_cache[1]
 
     def _sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Map size at the input of the block and at the output of each unit."""
-        sizes = [(height, width)]
-        for unit in self.units():
-            sizes.append(conv_output_size(unit.conv, *sizes[-1]))
-        return sizes
+        key = (height, width)
+        if key not in self._size_cache:
+            sizes = [key]
+            for unit in self._units:
+                sizes.append(conv_output_size(unit.conv, *sizes[-1]))
+            self._size_cache[key] = sizes
+        return self._size_cache[key]
 
     def unit_masks(self, out_mask: Tensor, sizes: list[tuple[int, int]],
                    with_rows: bool = False) -> tuple[list[Tensor], list[Tensor | None]]:
@@ -359,21 +364,28 @@ class DynamicBlock(nn.Module):
 
         For straight-through masks that carry a gradient (training) the dense fallback is
         left out, so that the count stays differentiable for the budget loss."""
-        units = self.units()
+        units = self._units
         masks: list[Tensor] = [out_mask] * len(units)
         rows: list[Tensor | None] = [None] * len(units)
         mask = out_mask
         fallback = not (out_mask.requires_grad and torch.is_grad_enabled())
+        full = False
         for i in reversed(range(len(units))):
-            count = float(mask.detach().sum())
-            if fallback and DENSE_FRACTION * mask.numel() <= count < mask.numel():
-                mask = torch.ones_like(mask.detach())
-            elif with_rows and count < mask.numel():
-                rows[i] = mask.reshape(-1).nonzero().squeeze(1)
+            if not full:
+                count = float(mask.detach().sum())
+                full = count == mask.numel()
+                if fallback and count >= DENSE_FRACTION * mask.numel():
+                    mask, full = torch.ones_like(mask.detach()), True
+                elif with_rows and not full:
+                    rows[i] = mask.reshape(-1).nonzero().squeeze(1)
             masks[i] = mask
             if i > 0:
                 conv = units[i].conv
-                mask = receptive_mask(mask, conv.kernel_size[0], conv.stride[0], conv.padding[0], sizes[i])
+                if full and conv.kernel_size[0] >= conv.stride[0]:  # a whole map needs a whole map
+                    mask = mask.new_ones(mask.shape[0], *sizes[i])
+                else:
+                    full = False
+                    mask = receptive_mask(mask, conv.kernel_size[0], conv.stride[0], conv.padding[0], sizes[i])
         return masks, rows
 
     def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
@@ -386,52 +398,63 @@ class DynamicBlock(nn.Module):
         output rows (``None``: all), with its weights restricted to ``channels`` if given."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
-        source, source_rows = pixel_rows(x), None
+        source, source_rows, zero_row = pixel_rows(x), None, False
         if convs[0].input_index is not None:  # a sliced grouped first unit reads its groups' inputs
             source = source.index_select(1, convs[0].input_index)
-        for i, (unit, conv, rows) in enumerate(zip(self.units(), convs, unit_rows)):
-            if conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
+        gathers = [not (conv.kernel == 1 and conv.stride == 1) and not (
+            rows is None and (i == 0 or unit_rows[i - 1] is None)
+            and direct_convolution(conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels))
+            for i, (conv, rows) in enumerate(zip(convs, unit_rows))]
+        for i, (unit, conv, rows) in enumerate(zip(self._units, convs, unit_rows)):
+            spare = i + 1 < len(convs) and gathers[i + 1]  # keep a zero row for the next unit's padding
+            if not gathers[i] and conv.kernel == 1:  # pointwise: the same pixels in and out
                 if source_rows is None and rows is not None:
                     source = source.index_select(0, rows)
-                h = conv.rows(source.unsqueeze(1))
-            elif rows is None and source_rows is None and direct_convolution(
-                    conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels):
-                h = conv.conv2d_rows(from_rows(source, batch, *sizes[i]))
+                elif zero_row:
+                    source = source[:-1]
+                out = conv.rows(source.unsqueeze(1), spare)
+            elif not gathers[i]:  # every pixel: a direct convolution
+                out = conv.conv2d_rows(from_rows(source[:-1] if zero_row else source, batch, *sizes[i]))
+                if spare:
+                    out = torch.cat([out, out.new_zeros(1, out.shape[1])])
             else:
                 table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
                                        conv.padding, conv.dilation, x.device)
                 taps = table if rows is None else table.index_select(0, rows)
                 if source_rows is not None:
                     taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
-                h = conv.rows(gather_taps(source, taps))
+                out = conv.rows(gather_taps(source, taps, zero_row), spare)
+            h = out[:-1] if spare else out
             if unit.act is not None:
-                h = unit.act(h, inplace=True)
+                unit.act(h, inplace=True)
             if unit.se is not None:
-                h = self._excite_rows(unit.se, h, rows, active, batch, sizes[i + 1], channels)
+                self._excite_rows(unit.se, h, rows, active, batch, sizes[i + 1], channels)
             if scale_unit is not None and scale_unit[0] == i:
-                h = (h.view(batch, -1, h.shape[1]) * scale_unit[1][:, None, :]).view(-1, h.shape[1])
-            source, source_rows = h, rows
-        return source, source_rows
+                h.view(batch, -1, h.shape[1]).mul_(scale_unit[1][:, None, :])
+            source, source_rows, zero_row = out, rows, spare
+        return (source[:-1] if zero_row else source), source_rows
 
     @staticmethod
     def _excite_rows(se: nn.Module, h: Tensor, rows: Tensor | None, active: Tensor | None, batch: int,
-                     size: tuple[int, int], channels: Tensor | None) -> Tensor:
-        """Squeeze-excitation of pixel rows ``h`` (at ``rows``, ``None``: all), the means
-        taken over the ``active`` rows of each sample (``None``: all its pixels). Samples
-        without active rows get no excitation (they add nothing to the output)."""
+                     size: tuple[int, int], channels: Tensor | None) -> None:
+        """Squeeze-excitation, in place, of pixel rows ``h`` (at ``rows``, ``None``: all),
+        the means taken over the ``active`` rows of each sample (``None``: all its pixels).
+        Samples without active rows get no excitation (they add nothing to the output)."""
         pixels, width = size[0] * size[1], h.shape[1]
         if active is None:
             excitation = _excite(se, h.view(batch, pixels, width).mean(dim=1), channels).view(batch, 1, width)
-            return (h.view(batch, pixels, width) * excitation).view(-1, width)
+            h.view(batch, pixels, width).mul_(excitation)
+            return
         present, sample = torch.unique(active // pixels, return_inverse=True)
         values = h if rows is not None else h.index_select(0, active)  # rows, if given, are the active ones
         sums = h.new_zeros(present.numel(), width).index_add_(0, sample, values)
         counts = torch.bincount(sample, minlength=present.numel()).to(h.dtype)
         excitation = _excite(se, sums / counts[:, None], channels).view(-1, width)
         if rows is not None:
-            return h * excitation[sample]
-        table = h.new_ones(batch, width).index_copy_(0, present, excitation)
-        return (h.view(batch, pixels, width) * table[:, None, :]).view(-1, width)
+            h.mul_(excitation[sample])
+        else:
+            table = h.new_ones(batch, width).index_copy_(0, present, excitation)
+            h.view(batch, pixels, width).mul_(table[:, None, :])
 
     def _owns_identity(self, x: Tensor, identity: Tensor) -> tuple[bool, bool]:
         """Whether sparse execution may write into the identity, and whether the output
@@ -547,7 +570,7 @@ class DynamicBlock(nn.Module):
 
     def _zero_response(self) -> Tensor:
         """``(1, C_out)``: the last unit's output when all its inputs are zero."""
-        last, packed = self.units()[-1], self._packed()[-1]
+        last, packed = self._units[-1], self._packed()[-1]
         h = packed.shift[None, :]
         return h if last.act is None else last.act(h)
 
@@ -564,20 +587,20 @@ class DynamicBlock(nn.Module):
             ops.append(conv_op("shortcut", batch, conv.in_channels, conv.out_channels, conv.kernel_size[0],
                                conv.stride[0], conv.groups, *sizes[-1], height, width))
         if self.config.paradigm == "none" or self.execution == "static":
-            return ops + self._plan_units(batch, sizes, [None] * len(self.units())) + self._plan_epilogue(batch, sizes)
+            return ops + self._plan_units(batch, sizes, [None] * len(self._units)) + self._plan_epilogue(batch, sizes)
         running = batch * (rate if self.config.layer else 1.0)
         if self.config.spatial:
             return ops + self._plan_spatial(batch, running / batch, sizes, rate)
         if self.config.channel:
             return ops + self._plan_channel(batch, running, sizes, rate)
-        return ops + self._plan_units(running, sizes, [None] * len(self.units())) + self._plan_epilogue(batch, sizes)
+        return ops + self._plan_units(running, sizes, [None] * len(self._units)) + self._plan_epilogue(batch, sizes)
 
     def _plan_units(self, batch: float, sizes: list[tuple[int, int]], rows: list[float | None],
                     channels: int | None = None) -> list[Op]:
         """Ops of the units, unit i computed at ``rows[i]`` pixels (``None``: all of them), the
         inner channels restricted to ``channels`` if given."""
         ops: list[Op] = []
-        units = self.units()
+        units = self._units
         source_full = True
         for i, (unit, unit_rows) in enumerate(zip(units, rows)):
             conv = unit.conv
@@ -603,13 +626,13 @@ class DynamicBlock(nn.Module):
         return ops
 
     def _plan_epilogue(self, batch: float, sizes: list[tuple[int, int]], rows: float | None = None) -> list[Op]:
-        out_c = self.units()[-1].conv.out_channels
+        out_c = self._units[-1].conv.out_channels
         full = batch * sizes[-1][0] * sizes[-1][1] * out_c
         sparse_rows = 0.0 if rows is None else 3 * rows * out_c
         return [memory_op("epilogue", "residual", 1.5 * full + sparse_rows)]
 
     def _plan_spatial(self, batch: int, layer_rate: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
-        units = self.units()
+        units = self._units
         out_h, out_w = sizes[-1]
         patch = self.config.granularity
         grid = math.ceil(out_h / patch) * math.ceil(out_w / patch)
@@ -637,14 +660,14 @@ class DynamicBlock(nn.Module):
         if channels == 0:
             return self._plan_epilogue(batch, sizes)
         fraction = channels / self.inner_channels
-        units = self.units()
+        units = self._units
         copied = 0.0  # elements copied by PackedConv.sliced: input rows first, then output columns
         for i, unit in enumerate(units):
             sliced_in, sliced_out = i > 0, i < len(units) - 1
             share = (fraction if sliced_in else 0.0) + (fraction ** (2 if sliced_in else 1) if sliced_out else 0.0)
             copied += unit.conv.weight.numel() * share
         ops = [memory_op("slice", "weights", copied, count=runs)] if keep < groups else []
-        for op in self._plan_units(per_run, sizes, [None] * len(self.units()), channels):
+        for op in self._plan_units(per_run, sizes, [None] * len(self._units), channels):
             ops.append(Op(op.kind, op.name, op.macs, op.bytes, op.shape, op.count * runs))
         return ops + self._plan_epilogue(batch, sizes)
 
@@ -657,8 +680,8 @@ class DynamicBlock(nn.Module):
     def static_macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the static block (branch and shortcut) for one ``(C, H, W)`` input."""
         sizes = self._sizes(input_shape[-2], input_shape[-1])
-        branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.units(), sizes[1:]))
-        excitation = sum(_se_macs(u.se) for u in self.units() if u.se is not None)
+        branch = sum(conv_macs(u.conv, *size) for u, size in zip(self._units, sizes[1:]))
+        excitation = sum(_se_macs(u.se) for u in self._units if u.se is not None)
         return branch + excitation + self._shortcut_macs(sizes[-1])
 
     def _record(self, input_shape: torch.Size, device: torch.device, d: Decision | None,
@@ -669,7 +692,7 @@ class DynamicBlock(nn.Module):
         if d is None:
             ones = torch.ones(batch, device=device)
             return BlockRecord(ones, ones.double() * static, static, shape)
-        units = self.units()
+        units = self._units
         sizes = self._sizes(shape[-2], shape[-1])
         fixed = self._shortcut_macs(sizes[-1]) + sum(m.macs(shape) for m in self.maskers())
         if d.spatial is not None:

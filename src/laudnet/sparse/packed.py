@@ -85,17 +85,28 @@ class PackedConv:
         rows = out.permute(0, 2, 3, 1).reshape(-1, self.out_channels)
         return self._normalize(rows if rows.is_contiguous() else rows.contiguous())
 
-    def rows(self, taps: Tensor) -> Tensor:
-        """Outputs ``(m, C_out)`` from gathered taps ``(m, k², C_in)``."""
+    def rows(self, taps: Tensor, spare: bool = False) -> Tensor:
+        """Outputs ``(m, C_out)`` from gathered taps ``(m, k², C_in)``. With ``spare`` the
+        result has one more row, of zeros, that the padding taps of a next convolution read
+        (see :func:`laudnet.sparse.pixels.gather_taps`)."""
         m = taps.shape[0]
+        out = taps.new_empty(m + 1, self.out_channels) if spare else None
         if self.groups == 1:
-            return self._normalize(torch.mm(taps.reshape(m, -1), self.matrix))
-        if self.depthwise:  # (C, m, k²) @ (C, k², 1)
-            per_channel = torch.bmm(taps.permute(2, 0, 1), self.matrix.t().unsqueeze(2))
-            return self._normalize(per_channel[:, :, 0].t().contiguous())
-        g = self.groups
-        grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
-        return self._normalize(torch.bmm(grouped, self.matrix).permute(1, 0, 2).reshape(m, -1))
+            h = torch.mm(taps.reshape(m, -1), self.matrix, out=None if out is None else out[:m])
+        else:
+            if self.depthwise:  # (C, m, k²) @ (C, k², 1)
+                per_channel = torch.bmm(taps.permute(2, 0, 1), self.matrix.t().unsqueeze(2))
+                h = per_channel[:, :, 0].t()
+            else:
+                g = self.groups
+                grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
+                h = torch.bmm(grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
+            h = h.contiguous() if out is None else out[:m].copy_(h)
+        self._normalize(h)
+        if out is None:
+            return h
+        out[m].zero_()
+        return out
 
     def sliced(self, in_channels: Tensor | None, out_channels: Tensor | None) -> "PackedConv":
         """The same convolution restricted to some input and/or output channels.
@@ -138,8 +149,14 @@ class PackedConv:
         return part
 
 
-def pack_key(modules: list[nn.Module]) -> tuple:
-    """Identity and version of every tensor of ``modules``: changes when a weight or a
-    batch-norm statistic is updated in place or replaced, so packed operands are rebuilt."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                 for m in modules for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
+def pack_key(pairs: list[tuple[nn.Conv2d, nn.Module]]) -> tuple:
+    """Identity and version of the tensors of (convolution, norm) pairs: changes when a
+    weight or a batch-norm statistic is updated in place or replaced, so packed operands
+    are rebuilt."""
+    key = []
+    for conv, norm in pairs:
+        for t in (conv.weight, conv.bias, getattr(norm, "weight", None), getattr(norm, "bias", None),
+                  getattr(norm, "running_mean", None), getattr(norm, "running_var", None)):
+            if t is not None:
+                key.append((t.data_ptr(), t._version))
+    return tuple(key)

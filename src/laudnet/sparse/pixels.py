@@ -42,19 +42,23 @@ def neighbor_table(batch: int, in_size: tuple[int, int], out_size: tuple[int, in
 
 def compact_index(rows: Tensor, total: int) -> Tensor:
     """``(total + 1,)`` map from full-map row to its position among ``rows``; every other
-    row, and the padding row ``total``, maps to ``len(rows)`` (read as zeros by
-    :func:`gather_taps`)."""
+    row, and the padding row ``total``, maps to ``len(rows)`` (the zero row of a compact
+    buffer, see :func:`gather_taps`)."""
     index = torch.full((total + 1,), rows.numel(), dtype=torch.long, device=rows.device)
     index[rows] = torch.arange(rows.numel(), device=rows.device)
     return index
 
 
-def gather_taps(source: Tensor, taps: Tensor) -> Tensor:
+def gather_taps(source: Tensor, taps: Tensor, zero_row: bool = False) -> Tensor:
     """Rows of ``source`` (``(N, C)``) at ``taps`` (``(m, k²)``): ``(m, k², C)``.
-    Taps ``>= N`` stand for zero padding and read zeros."""
+
+    Taps ``>= N`` stand for zero padding and read zeros; with ``zero_row`` the last row of
+    ``source`` is zeros and the padding taps point at it (one gather, no fix-up)."""
     m, k2 = taps.shape
-    rows = source.shape[0]
     flat = taps.reshape(-1)
+    if zero_row:
+        return source.index_select(0, flat).view(m, k2, -1)
+    rows = source.shape[0]
     cols = source.index_select(0, flat.clamp(max=rows - 1))
     padded = (flat >= rows).nonzero().squeeze(1)
     if padded.numel():
@@ -65,8 +69,8 @@ def gather_taps(source: Tensor, taps: Tensor) -> Tensor:
 def upsample_mask(mask: Tensor, patch: int, height: int, width: int) -> Tensor:
     """Nearest upsampling of a coarse ``(B, rows, cols)`` mask of ``patch × patch`` patches,
     cropped to ``(B, height, width)`` (edge patches may be partial)."""
-    full = mask.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2)
-    return full[:, :height, :width]
+    full = F.interpolate(mask.unsqueeze(1), scale_factor=patch, mode="nearest") if patch > 1 else mask.unsqueeze(1)
+    return full[:, 0, :height, :width]
 
 
 def receptive_mask(mask: Tensor, kernel: int, stride: int, padding: int, in_size: tuple[int, int]) -> Tensor:
