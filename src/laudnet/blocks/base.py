@@ -53,7 +53,7 @@ from ..config import StageConfig
 from ..flops import conv_macs, conv_output_size
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
 from ..sparse import expand_groups, samples_by_channels
-from ..sparse.packed import PackedConv, direct_convolution, pack_key
+from ..sparse.packed import PackedConv, channels_last_weight, direct_convolution, pack_key
 from ..sparse.plan import (INDEX_OPS_PER_SPARSE_UNIT, Op, axis_coverage, conv_op, expected_needed, gemm_op,
                            memory_op)
 from ..sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
@@ -198,6 +198,8 @@ class DynamicBlock(nn.Module):
                                if config.channel else None)
         self.layer_masker = LayerMasker(in_channels, gate_scale) if config.layer else None
         self._units = self.units()  # the branch, read once: blocks do not swap their modules
+        for unit in self._units:  # the layout of sparse execution's GEMMs, set once (no copy later)
+            channels_last_weight(unit.conv)
         self._size_cache: dict[tuple[int, int], list[tuple[int, int]]] = {}
         if config.channel:
             self._check_grouped_convs()

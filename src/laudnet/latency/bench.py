@@ -262,3 +262,39 @@ def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: I
                 for c in tqdm(configs, desc="networks", disable=not progress)]
         paths.update({f"networks.{k}": v for k, v in write_results(rows, out_dir, "networks").items()})
     return paths
+
+
+def _peak_rss_worker(arch: str, paradigm: str, granularity: str | None, rate: float, batch: int,
+                     sparse: bool, queue) -> None:
+    import resource
+
+    torch.set_grad_enabled(False)
+    reference = getattr(torchvision.models, arch)().eval()
+    model = convert(reference, paradigm=paradigm, granularity=granularity).eval()
+    set_execution(model, "sparse")
+    set_decisions(model, rate=rate)
+    x = torch.randn(batch, 3, 224, 224)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(3):
+        (model if sparse else reference)(x)
+    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def peak_memory(arch: str, paradigm: str, granularity: str | None, rate: float, batch: int) -> dict[str, float]:
+    """Peak resident memory (MiB) of dense and of sparse inference, each in a fresh process
+    holding both models (so that their baselines are equal); also the growth of the peak
+    caused by the forward passes alone."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    result = {}
+    for name, sparse in (("dense", False), ("sparse", True)):
+        queue = context.Queue()
+        process = context.Process(target=_peak_rss_worker,
+                                  args=(arch, paradigm, granularity, rate, batch, sparse, queue))
+        process.start()
+        before, after = queue.get()
+        process.join()
+        result[f"{name}_peak_mib"] = after / 1024
+        result[f"{name}_forward_mib"] = (after - before) / 1024
+    return result
