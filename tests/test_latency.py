@@ -87,7 +87,7 @@ def test_operator_costs_grow_with_their_size(hardware):
     for small, large in [(gemm_op("g", 100, 576, 64), gemm_op("g", 200, 576, 64)),
                          (gemm_op("g", 100, 576, 64), gemm_op("g", 100, 1152, 64)),
                          (conv_op("c", 1, 64, 64, 3, 1, 1, 28, 28, 28, 28), conv_op("c", 2, 64, 64, 3, 1, 1, 28, 28, 28, 28)),
-                         (memory_op("gather", "x", 1e5, shape=(1000, 100)), memory_op("gather", "x", 2e5, shape=(2000, 100))),
+                         (memory_op("gather", "x", 9e5, shape=(1000, 9, 100)), memory_op("gather", "x", 18e5, shape=(2000, 9, 100))),
                          (memory_op("epilogue", "r", 1e6), memory_op("epilogue", "r", 3e6))]:
         assert op_cost(small, hw).total_ms <= op_cost(large, hw).total_ms
     op = gemm_op("g", 1000, 576, 64)
@@ -105,7 +105,7 @@ def test_gpu_schedule_fuses_activations_and_folds_gathers():
     act = memory_op("elementwise", "act", 1e6)
     assert op_cost(act, hw, fused=True) == Cost()
     assert op_cost(act, hw).total_ms > 0
-    gather, gemm = memory_op("gather", "g", 9e6, shape=(9e4, 100)), gemm_op("u", 1e4, 900, 64)
+    gather, gemm = memory_op("gather", "g", 9e6, shape=(1e4, 9, 100)), gemm_op("u", 1e4, 900, 64)
     assert op_cost(gather, hw).overhead_ms == 0  # no kernel of its own
     assert plan_cost([gather, gemm], hw).total_ms < op_cost(gather, hw).total_ms + op_cost(gemm, hw).total_ms
 
@@ -236,8 +236,8 @@ def _synthetic_ops(rng: random.Random, n: int) -> list:
         elif kind == "elementwise":
             ops.append(memory_op("elementwise", "a", 10 ** rng.uniform(3, 7.5)))
         elif kind == "gather":
-            rows = rng.randint(10, 50000)
-            ops.append(memory_op("gather", "x", rows * 64, shape=(rows, 64)))
+            rows, taps = rng.randint(10, 5000), rng.choice([1, 9])
+            ops.append(memory_op("gather", "x", rows * taps * 64, shape=(rows, taps, 64)))
         else:
             pixels, channels = rng.choice([(3136, 256), (784, 512), (196, 1024)])
             active = rng.randint(1, pixels)

@@ -475,7 +475,7 @@ class DynamicBlock(nn.Module):
                     ops.append(Op("index", f"unit{i}.index", count=INDEX_OPS_PER_SPARSE_UNIT))
                 if kernel > 1 or (unit_rows is not None and source_full):
                     ops.append(memory_op("gather", f"unit{i}.gather", count * kernel * kernel * c_in,
-                                         shape=(count * kernel * kernel, c_in)))
+                                         shape=(count, kernel * kernel, c_in)))
                 ops.append(gemm_op(f"unit{i}", count, kernel * kernel * c_in // groups, c_out // groups, groups))
             if unit.act is not None:
                 ops.append(memory_op("elementwise", f"unit{i}.act", count * c_out, shape=(count, c_out)))

@@ -20,6 +20,7 @@ learned predictor (:mod:`laudnet.latency.learned`).
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import platform
 import statistics
@@ -184,7 +185,7 @@ def gather_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callabl
         taps = table.index_select(0, _rows(rng, table.shape[0], m))
         source = torch.randn(batch * side * side, channels)
         yield (memory_op("gather", f"gather{kernel}x{kernel}", taps.numel() * channels,
-                         shape=(taps.numel(), channels)), lambda s=source, t=taps: gather_taps(s, t))
+                         shape=(taps.shape[0], taps.shape[1], channels)), lambda s=source, t=taps: gather_taps(s, t))
 
 
 def _bottleneck(channels: int, paradigm: str = "none", granularity: int | None = None, stride: int = 1,
@@ -265,6 +266,16 @@ def index_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable
         yield Op("index", name), cases[name]
 
 
+COLD_BYTES = 64 * 2 ** 20
+
+
+def _cold(make: Callable[[], torch.Tensor], nbytes: float) -> Iterator[torch.Tensor]:
+    """Copies of a weight tensor to cycle through, enough (up to 8) that each call finds its
+    weights out of the caches, as a layer does in a network."""
+    copies = [make() for _ in range(max(1, min(8, math.ceil(COLD_BYTES / max(nbytes, 1)))))]
+    return itertools.cycle(copies)
+
+
 def gemm_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
     produced = 0
     while produced < n:
@@ -274,8 +285,9 @@ def gemm_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]
         if m * k * cols > 1.2e9 or m * k * 4 > 80e6 or k * cols * 4 > 16e6:
             continue
         produced += 1
-        a, b, bias = torch.randn(m, k), torch.randn(k, cols), torch.randn(cols)
-        yield gemm_op("addmm", m, k, cols), (lambda a=a, b=b, c=bias: torch.addmm(c, a, b))
+        a, bias = torch.randn(m, k), torch.randn(cols)
+        weights = _cold(lambda: torch.randn(k, cols), k * cols * 4)
+        yield gemm_op("addmm", m, k, cols), (lambda a=a, w=weights, c=bias: torch.addmm(c, a, next(w)))
 
 
 def conv_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
@@ -293,9 +305,10 @@ def conv_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]
             continue
         produced += 1
         x = torch.randn(batch, c_in, side, side).contiguous(memory_format=torch.channels_last)
-        w, bias = torch.randn(c_out, c_in, kernel, kernel), torch.randn(c_out)
+        bias = torch.randn(c_out)
+        weights = _cold(lambda: torch.randn(c_out, c_in, kernel, kernel), c_out * c_in * kernel ** 2 * 4)
         op = conv_op("conv2d", batch, c_in, c_out, kernel, stride, 1, out_side, out_side, side, side)
-        yield op, (lambda x=x, w=w, b=bias, s=stride, p=kernel // 2: F.conv2d(x, w, b, s, p))
+        yield op, (lambda x=x, w=weights, b=bias, s=stride, p=kernel // 2: F.conv2d(x, next(w), b, s, p))
 
 
 def block_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[list[Op], Callable, dict]]:
@@ -388,22 +401,20 @@ def _fit_bandwidths(hw: Hardware, samples: list[Sample]) -> Hardware:
 
 
 def _fit_memory_kind(hw: Hardware, kind: str, samples: list[Sample]) -> Hardware:
-    """Efficiency, fixed overhead and (gathers, epilogues) per-row cost of a memory kind."""
-    names = ("efficiency", "overhead_us", "row_ns")
-    per_row = kind in ("gather", "epilogue")
+    """Efficiency, fixed overhead, per-row cost (gathers, epilogues) and padding cost
+    (gathers) of a memory kind."""
+    names = {"gather": ("efficiency", "overhead_us", "row_ns", "padding_us"),
+             "epilogue": ("efficiency", "overhead_us", "row_ns")}.get(kind, ("efficiency", "overhead_us"))
 
     def build(x: np.ndarray) -> Hardware:
         memory = dict(hw.model["memory"])
-        values = dict(zip(names, np.exp(x)))
-        if not per_row:
-            values["row_ns"] = 0.0
-        memory[kind] = {n: float(values[n]) for n in names}
+        memory[kind] = {"row_ns": 0.0, **{n: float(v) for n, v in zip(names, np.exp(x))}}
         return _with_model(hw, memory=memory)
 
-    count = 3 if per_row else 2
-    starts = [list(np.log([1.0, 5.0, 2.0]))[:count], list(np.log([0.5, 20.0, 10.0]))[:count]]
+    count = len(names)
+    starts = [list(np.log([1.0, 5.0, 2.0, 5.0]))[:count], list(np.log([0.5, 20.0, 10.0, 1.0]))[:count]]
     x = _least_squares(lambda x: _log_errors(samples, build(x)), starts,
-                       list(np.log([0.01, 0.05, 0.01]))[:count], list(np.log([10.0, 5000.0, 1e4]))[:count])
+                       list(np.log([0.01, 0.05, 0.01, 0.01]))[:count], list(np.log([10.0, 5000.0, 1e4, 1000.0]))[:count])
     return build(x)
 
 

@@ -84,6 +84,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--repeats", type=_positive, default=7)
     validate.add_argument("--decisions", type=_positive, default=3, help="random decision sets per configuration")
     validate.add_argument("--statistic", choices=("median", "min"), default="median")
+    validate.add_argument("--paradigms", default=None,
+                          help="comma-separated paradigms to validate (default: all), e.g. spatial,layer+spatial")
     validate.add_argument("--out", type=Path, default=Path("latency-validation"))
     validate.set_defaults(func=validate_command)
 
@@ -169,7 +171,9 @@ def validate_command(args: argparse.Namespace) -> int:
     from .validate import validate
 
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
-    result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic)
+    paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
+    result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic,
+                      paradigms=paradigms)
     paths = result.write(args.out)
     print(result.markdown().split("\n| configuration")[0].rstrip())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

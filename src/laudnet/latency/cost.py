@@ -14,14 +14,15 @@ Both device kinds combine a compute time and a memory time,
   dimensions fill the vector units and amortise the packing less, and a streamed operand
   (``miss``: the share of the row operand beyond the L2 cache) costs a share ``s`` of the
   speed; output channels that are not a multiple of the vector width (FP32 lanes / 2, two
-  FMA units assumed) cost a fitted factor. The weights are packed (MKL) or, for k×k
-  convolutions, reordered into oneDNN's blocked layout at every call, at a fitted bandwidth
-  (1×1 convolutions use theirs as they are). Convolutions with fewer input channels than
-  the vector width (stems) and depthwise convolutions get their own efficiency factors.
+  FMA units assumed) cost a fitted factor. The weights are packed (MKL) or reordered into
+  oneDNN's blocked layout at every call, at a fitted bandwidth. Convolutions with fewer
+  input channels than the vector width (stems) and depthwise convolutions get their own
+  efficiency factors.
 - memory: ``bytes / efficiency of the kind`` moved at the bandwidth of the memory hierarchy:
   the share ``1 - size/working set`` of the traffic that misses a cache level moves at the
   next level's bandwidth (smooth across cache sizes); plus a cost per row for operators that
-  handle rows one by one (the taps of a gather, the active rows of a sparse epilogue).
+  handle rows one by one (the taps of a gather, the active rows of a sparse epilogue), and
+  for k×k gathers the operators that zero the taps falling in the padding.
 - an output of 32 MiB or more is written to fresh pages (glibc serves such allocations with
   ``mmap``, so every call page-faults): ``output bytes / page bandwidth``. Counted for GEMMs,
   convolutions, gathers and element-wise operators, whose result size the operator gives.
@@ -152,8 +153,8 @@ def _memory_terms(op: Op) -> tuple[float, float, float]:
     operator. Gathers index one row per tap; a sparse epilogue selects and scatters its
     active rows and touches the identity, the branch rows and the output map."""
     rows, working_set, fresh = 0.0, op.bytes, 0.0
-    if op.kind == "gather" and op.shape:
-        rows = op.shape[0]
+    if op.kind == "gather" and len(op.shape) == 3:
+        rows = op.shape[0] * op.shape[1]
     if op.kind == "epilogue" and len(op.shape) == 3:
         pixels, channels, active = op.shape
         sparse = active < pixels
@@ -204,8 +205,7 @@ def _cpu_cost(op: Op, hw: Hardware) -> Cost:
         compute = op.macs / (hw.peak_gmacs * 1e9 * efficiency) if op.macs > 0 else 0.0
         memory = memory_seconds(hw, op.bytes)
         overhead = params["overhead_us"] * 1e-6
-        packed = weight_bytes(op) if op.kind == "gemm" or op.shape[3] > 1 else 0.0
-        extra = packed / (params.get("packing_gbs", math.inf) * 1e9)
+        extra = weight_bytes(op) / (params.get("packing_gbs", math.inf) * 1e9)
         fresh = output_bytes(op) if output_bytes(op) >= FRESH_PAGES_BYTES else 0.0
     elif op.kind == "index":
         compute = memory = fresh = 0.0
@@ -216,6 +216,8 @@ def _cpu_cost(op: Op, hw: Hardware) -> Cost:
         compute = 0.0
         memory = memory_seconds(hw, op.bytes, working_set) / params["efficiency"] + rows * params.get("row_ns", 0.0) * 1e-9
         overhead = params["overhead_us"] * 1e-6
+        if op.kind == "gather" and len(op.shape) == 3 and op.shape[1] > 1:  # taps in the zero padding
+            overhead += params.get("padding_us", 0.0) * 1e-6
     extra += fresh / (model.get("page_gbs", math.inf) * 1e9)
     compute, exposed = _work(compute, memory, model.get("overlap", 1.0))
     return Cost(compute, exposed + extra, overhead) * (op.count * 1e3)

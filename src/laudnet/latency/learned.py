@@ -33,7 +33,7 @@ def features(op: Op) -> list[float]:
             batch, c_in, c_out, kernel, stride, _, out_h, out_w = op.shape
             row += [log(batch), log(c_in), log(c_out), float(kernel), float(stride), log(out_h * out_w)]
         return row
-    return [log(op.bytes), log(op.macs)]
+    return [log(op.bytes), log(op.macs)] + [log(v) for v in op.shape]
 
 
 class LearnedPredictor:
@@ -43,17 +43,17 @@ class LearnedPredictor:
         from sklearn.ensemble import GradientBoostingRegressor
 
         self.fallback = fallback
-        by_kind: dict[str, tuple[list, list]] = {}
+        by_kind: dict[tuple[str, int], tuple[list, list]] = {}
         for s in samples:
             if s.family == "block" or len(s.ops) != 1 or s.ops[0].kind == "index":
                 continue
             op = s.ops[0]
-            xs, ys = by_kind.setdefault(op.kind, ([], []))
+            xs, ys = by_kind.setdefault((op.kind, len(features(op))), ([], []))
             xs.append(features(op))
             ys.append(math.log(s.ms / op.count))
         self.models = {}
-        for kind, (xs, ys) in sorted(by_kind.items()):
-            if len(xs) < MIN_SAMPLES:
+        for (kind, _), (xs, ys) in sorted(by_kind.items(), key=lambda item: -len(item[1][0])):
+            if len(xs) < MIN_SAMPLES or kind in self.models:
                 continue
             model = GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8,
                                               random_state=seed)
@@ -74,7 +74,7 @@ class LearnedPredictor:
 
     def op_cost(self, op: Op) -> Cost:
         model = self.models.get(op.kind)
-        if model is None:
+        if model is None or model.n_features_in_ != len(features(op)):  # untrained kind, or no shape
             return op_cost(op, self.fallback)
         ms = float(np.exp(model.predict(np.array([features(op)]))[0])) * op.count
         return Cost(compute_ms=ms) if op.kind in ("gemm", "conv") else Cost(memory_ms=ms)

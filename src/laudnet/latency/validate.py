@@ -65,19 +65,24 @@ class BlockConfig:
                 f"r={self.rate:.2f} b={self.batch}")
 
 
-def sample_configs(n: int, seed: int = 0) -> list[BlockConfig]:
-    """``n`` configurations drawn with a seeded generator (the same ``n`` and ``seed`` always
-    give the same list). Layer-gated rates are multiples of 1/batch, so that exactly
-    ``r × batch`` samples run (see :class:`ExactDecisions`)."""
+def sample_configs(n: int, seed: int = 0, paradigms: tuple[str, ...] | None = None) -> list[BlockConfig]:
+    """``n`` configurations drawn with a seeded generator (the same arguments always give
+    the same list), optionally of some ``paradigms`` only. Layer-gated rates are multiples
+    of 1/batch, so that exactly ``r × batch`` samples run (see :class:`ExactDecisions`)."""
     if n < 1:
         raise ValueError(f"the number of configurations must be positive, got {n}")
+    choices = VALIDATION_PARADIGMS if paradigms is None else tuple(paradigms)
+    unknown = sorted(set(choices) - set(VALIDATION_PARADIGMS))
+    if unknown or not choices:
+        raise ValueError(f"paradigms {unknown or list(choices)} cannot be validated; allowed: "
+                         f"{', '.join(dict.fromkeys(VALIDATION_PARADIGMS))}")
     rng = np.random.default_rng(seed)
     configs = []
     for _ in range(n):
         family = "bottleneck" if rng.random() < 0.7 else "basic"
         stage, stride, cin, width, side = (RESNET50_BLOCKS if family == "bottleneck" else RESNET18_BLOCKS)[
             int(rng.integers(7))]
-        paradigm = VALIDATION_PARADIGMS[int(rng.integers(len(VALIDATION_PARADIGMS)))]
+        paradigm = choices[int(rng.integers(len(choices)))]
         batch = int(rng.choice(BATCHES))
         out_side = math.ceil(side / stride)
         granularity = None
@@ -185,6 +190,17 @@ class ValidationResult:
             lines.append(f"| {name} | {m['n']} | {m['rmspe']:.1%} | {m['mape']:.1%} | {m['within_5']:.0%} | "
                          f"{m['within_10']:.0%} | {m['spearman']:.3f} |")
         names = list(self.metrics)
+        lines += ["", "Per paradigm (median of predicted / measured; far from 1 where the engine runs work its "
+                  "execution plan does not list):", "",
+                  "| paradigm | n | " + " | ".join(f"{n}: median ratio | {n}: within ±10 %" for n in names) + " |",
+                  "|---|---|" + "---|---|" * len(names)]
+        for paradigm in dict.fromkeys(r["paradigm"] for r in self.rows):
+            rows = [r for r in self.rows if r["paradigm"] == paradigm]
+            cells = []
+            for n in names:
+                ratio = np.array([r[n + "_ms"] / r["measured_ms"] for r in rows])
+                cells.append(f"{np.median(ratio):.2f} | {np.mean(np.abs(ratio - 1) <= 0.1):.0%}")
+            lines.append(f"| {paradigm} | {len(rows)} | " + " | ".join(cells) + " |")
         lines += ["", "| configuration | measured ms | " + " | ".join(f"{n} ms" for n in names) + " |",
                   "|---|---|" + "---|" * len(names)]
         for row in self.rows:
@@ -227,8 +243,11 @@ class ValidationResult:
 
 
 def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7, decisions: int = 3,
-             threads: int | None = None, statistic: str = "median", progress: bool = True) -> ValidationResult:
-    """Measure ``n`` held-out block configurations and compare them with the predictions."""
+             threads: int | None = None, statistic: str = "median", progress: bool = True,
+             paradigms: tuple[str, ...] | None = None) -> ValidationResult:
+    """Measure ``n`` held-out block configurations (of some ``paradigms`` only if given) and
+    compare them with the predictions."""
+    configs = sample_configs(n, seed, paradigms)
     from tqdm import tqdm
 
     from .learned import LearnedPredictor
@@ -246,7 +265,7 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
                          f"{torch.get_num_threads()}; pass threads={profile_threads}")
     learned = LearnedPredictor.for_hardware(hw) if hw.samples else None
     rows = []
-    for config in tqdm(sample_configs(n, seed), desc="validating", disable=not progress, unit="block"):
+    for config in tqdm(configs, desc="validating", disable=not progress, unit="block"):
         row = dict(asdict(config), label=config.label,
                    measured_ms=measure_block(config, repeats, decisions, statistic),
                    analytic_ms=predict_block(config, hw))

@@ -33,10 +33,11 @@ class Op:
     """One operator of a plan, repeated ``count`` times.
 
     ``shape`` depends on the kind: ``conv`` ``(batch, c_in, c_out, kernel, stride, groups,
-    h_out, w_out)``; ``gemm`` ``(m, k, n, groups)``; ``gather`` and ``elementwise`` ``(rows,
-    channels)`` of their result; ``epilogue`` ``(pixels, channels, active)``: the output map's
-    pixel rows and channels and the rows the branch adds to; others ``()``. ``macs`` and
-    ``bytes`` are per repetition; ``bytes`` counts reads and writes.
+    h_out, w_out)``; ``gemm`` ``(m, k, n, groups)``; ``gather`` ``(rows, taps, channels)``:
+    ``taps`` input rows of ``channels`` gathered for each of ``rows`` output pixels;
+    ``elementwise`` ``(rows, channels)``; ``epilogue`` ``(pixels, channels, active)``: the
+    output map's pixel rows and channels and the rows the branch adds to; others ``()``.
+    ``macs`` and ``bytes`` are per repetition; ``bytes`` counts reads and writes.
     """
 
     kind: str
