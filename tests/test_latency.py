@@ -5,6 +5,7 @@ times enter only as synthetic data whose generating parameters are known."""
 import dataclasses
 import json
 import math
+import platform
 import random
 
 import numpy as np
@@ -19,6 +20,7 @@ from laudnet.latency.__main__ import main
 from laudnet.latency.cost import Cost, op_cost, plan_cost
 from laudnet.latency.hardware import list_hardware, load_hardware, save_hardware
 from laudnet.latency.learned import LearnedPredictor
+from laudnet.latency.measure import stable_allocator
 from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.validate import ExactDecisions, accuracy, build_block, sample_configs
 from laudnet.sparse.plan import conv_op, gemm_op, memory_op
@@ -260,6 +262,11 @@ def test_calibration_fit_recovers_a_known_machine():
     assert np.median(np.abs(errors)) < 0.05
     assert fitted.model["gemm"]["efficiency"] == pytest.approx(
         truth.model["gemm"]["efficiency"] * truth.peak_gmacs / fitted.peak_gmacs, rel=0.25)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_stable_allocator_configures_glibc():
+    assert stable_allocator() is True
 
 
 def test_time_call_and_micro_benchmark_cases_run():

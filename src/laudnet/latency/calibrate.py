@@ -10,7 +10,10 @@ shapes no network uses) for the fixed Python cost of a block. Whole blocks of re
 networks are never measured here: they are the held-out set of ``laudnet latency validate``.
 
 Each timing is the median of ``repeats`` rounds after a warm-up, a round looping the call
-long enough (≥ 2 ms) for the timer. Fits minimise the log-ratio of predicted to measured
+long enough (≥ 2 ms) for the timer; GEMM and convolution weights rotate through copies so
+that, as in a network, they come from memory rather than the caches. Calibration (and
+validation) run with :func:`laudnet.latency.measure.stable_allocator`: predictions are for a
+process whose allocator reuses memory. Fits minimise the log-ratio of predicted to measured
 time (robust loss): bandwidths per memory level, then per operator kind a fixed overhead
 and an efficiency, then GEMM and convolution efficiencies with their half-saturation
 dimensions. The fitted profile is written with the measurements, which also train the
@@ -40,7 +43,7 @@ from ..sparse.pixels import gather_taps, neighbor_table, pixel_rows, receptive_m
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
 from .cost import MEMORY_KINDS, plan_cost
 from .hardware import Cache, Hardware, save_hardware, user_profile_dir
-from .measure import interleaved
+from .measure import interleaved, stable_allocator
 
 FAMILIES = ("elementwise", "gather", "epilogue", "slice", "masker", "index", "gemm", "conv", "block")
 BLOCK_PARADIGMS = ("none", "spatial", "channel", "layer")
@@ -509,6 +512,7 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
     started = time.perf_counter()
     samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
     hw = fit(samples, starting_profile(threads))
@@ -520,7 +524,8 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
                        f"({len(samples)} micro-benchmarks, {statistic} of {repeats} rounds each, "
                        f"{time.perf_counter() - started:.0f} s)",
                        "cache sizes from /sys/devices/system/cpu/cpu0/cache, clock and vector width from /proc/cpuinfo"]
-    data["notes"] = (f"torch {torch.__version__}, {threads} threads; FP32 lanes from the vector extensions, "
+    data["notes"] = (f"torch {torch.__version__}, {threads} threads, {allocator} (see "
+                     f"laudnet.latency.measure.stable_allocator); FP32 lanes from the vector extensions, "
                      f"clock as reported; the fitted efficiencies absorb their errors. Fit RMS errors: "
                      + ", ".join(f"{k} {v['rmspe']:.1%}" for k, v in report.items()))
     data["samples"] = [s.to_dict() for s in samples]

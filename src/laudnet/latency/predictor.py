@@ -155,10 +155,10 @@ class _Recorder(TorchFunctionMode):
         inputs = _tensors(list(args) + list(kwargs.values()))
         if not outputs or not inputs:
             return
-        if "dropout" in name:
-            return  # identity in eval mode
-        if all(_is_view(t, inputs) and t is not inputs[0] for t in outputs):
-            return  # a view (flatten, reshape); in-place operators return their input and count
+        in_place = ((name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+                    or kwargs.get("inplace") is True or (name in _ACTIVATIONS and args[-1] is True))
+        if all(_is_view(t, inputs) for t in outputs) and not in_place:
+            return  # a view or the input itself (flatten, contiguous, dropout in eval mode)
         group = self._group()
         x = inputs[0]
         consumes_last = x is self.last_output

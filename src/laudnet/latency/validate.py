@@ -27,6 +27,7 @@ from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import StageConfig
 from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
 from .calibrate import time_call
+from .measure import stable_allocator
 from .hardware import Hardware, load_hardware
 from .predictor import block_overhead_ms, price_ops
 
@@ -256,6 +257,7 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+    stable_allocator()
     hw = load_hardware(hardware)
     if hw.kind != "cpu":
         raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
