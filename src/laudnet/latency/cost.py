@@ -23,9 +23,12 @@ Both device kinds combine a compute time and a memory time,
   next level's bandwidth (smooth across cache sizes); plus a cost per row for operators that
   handle rows one by one (the taps of a gather, the active rows of a sparse epilogue), and
   for k×k gathers the operators that zero the taps falling in the padding.
-- an output of 32 MiB or more is written to fresh pages (glibc serves such allocations with
-  ``mmap``, so every call page-faults): ``output bytes / page bandwidth``. Counted for GEMMs,
-  convolutions, gathers and element-wise operators, whose result size the operator gives.
+- an output of 32 MiB or more is written to fresh pages under glibc's default allocator
+  (which serves such allocations with ``mmap``, so every call page-faults): ``output bytes /
+  page bandwidth``, for GEMMs, convolutions, gathers and element-wise operators, whose
+  result size the operator gives. Calibration runs with
+  :func:`laudnet.latency.measure.stable_allocator`, which avoids this (the fitted page
+  bandwidth is then high).
 - overhead: ``count ×`` the kind's fixed cost (operator dispatch; several small operators for
   ``index``, ``masker`` and ``epilogue``).
 
