@@ -15,7 +15,8 @@ Both device kinds combine a compute time and a memory time,
   (``miss``: the share of the row operand beyond the L2 cache) costs a share ``s`` of the
   speed; output channels that are not a multiple of the vector width (FP32 lanes / 2, two
   FMA units assumed) cost a fitted factor. The weights are packed (MKL) or reordered into
-  oneDNN's blocked layout at every call, at a fitted bandwidth. Convolutions with fewer
+  oneDNN's blocked layout at every call, at a fitted bandwidth (measured for k×k and strided
+  convolutions; unit-stride 1×1 ones show no such cost). Convolutions with fewer
   input channels than the vector width (stems) and depthwise convolutions get their own
   efficiency factors.
 - memory: ``bytes / efficiency of the kind`` moved at the bandwidth of the memory hierarchy:
@@ -208,7 +209,8 @@ def _cpu_cost(op: Op, hw: Hardware) -> Cost:
         compute = op.macs / (hw.peak_gmacs * 1e9 * efficiency) if op.macs > 0 else 0.0
         memory = memory_seconds(hw, op.bytes)
         overhead = params["overhead_us"] * 1e-6
-        extra = weight_bytes(op) / (params.get("packing_gbs", math.inf) * 1e9)
+        pointwise = op.kind == "conv" and op.shape[3] == 1 and op.shape[4] == 1
+        extra = 0.0 if pointwise else weight_bytes(op) / (params.get("packing_gbs", math.inf) * 1e9)
         fresh = output_bytes(op) if output_bytes(op) >= FRESH_PAGES_BYTES else 0.0
     elif op.kind == "index":
         compute = memory = fresh = 0.0
