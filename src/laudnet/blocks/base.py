@@ -618,10 +618,11 @@ class DynamicBlock(nn.Module):
                 if unit_rows is not None:
                     ops.append(Op("index", f"unit{i}.index", count=INDEX_OPS_PER_SPARSE_UNIT))
                 if kernel > 1 or conv.stride[0] > 1 or (unit_rows is not None and source_full):
-                    ops.append(memory_op("gather", f"unit{i}.gather", count * kernel * kernel * c_in))
+                    ops.append(memory_op("gather", f"unit{i}.gather", count * kernel * kernel * c_in,
+                                         shape=(count, kernel * kernel, c_in)))
                 ops.append(gemm_op(f"unit{i}", count, kernel * kernel * c_in // groups, c_out // groups, groups))
             if unit.act is not None:
-                ops.append(memory_op("elementwise", f"unit{i}.act", count * c_out))
+                ops.append(memory_op("elementwise", f"unit{i}.act", count * c_out, shape=(count, c_out)))
             if unit.se is not None:  # channel means, the excitation per sample, the product
                 ops.append(Op("masker", f"unit{i}.se", batch * _se_macs(unit.se, c_out), 3 * count * c_out * 4))
             source_full = unit_rows is None
@@ -631,7 +632,9 @@ class DynamicBlock(nn.Module):
         out_c = self._units[-1].conv.out_channels
         full = batch * sizes[-1][0] * sizes[-1][1] * out_c
         sparse_rows = 0.0 if rows is None else 3 * rows * out_c
-        return [memory_op("epilogue", "residual", 1.5 * full + sparse_rows)]
+        pixels = batch * sizes[-1][0] * sizes[-1][1]
+        return [memory_op("epilogue", "residual", 1.5 * full + sparse_rows,
+                          shape=(pixels, out_c, pixels if rows is None else rows))]
 
     def _plan_spatial(self, batch: int, layer_rate: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
         units = self._units

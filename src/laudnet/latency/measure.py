@@ -81,3 +81,28 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], repeats: int = 2
 def ratio(timings: Mapping[str, Timing], baseline: str, candidate: str) -> Ratio:
     """Per-round ``baseline / candidate`` time ratios."""
     return Ratio([b / c for b, c in zip(timings[baseline].times, timings[candidate].times)])
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+
+
+def stable_allocator() -> bool:
+    """Make glibc's malloc keep freed memory instead of returning it to the system.
+
+    With glibc's default dynamic thresholds, a chain of operators whose outputs differ in
+    size keeps trimming the heap and ``mmap``-ing large blocks, so that fresh pages are
+    faulted in again and again: on a VM this can double a sparse block's time and make it
+    erratic. Like jemalloc or TCMalloc (which PyTorch's CPU tuning guide recommends), this
+    reuses memory: it disables trimming and ``mmap`` for large blocks via ``mallopt``.
+    Returns whether it could (glibc only). Affects the whole process.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(option, value) == 1 for option, value in
+               ((_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 64 * 2 ** 20), (_M_MMAP_MAX, 0)))

@@ -33,8 +33,11 @@ class Op:
     """One operator of a plan, repeated ``count`` times.
 
     ``shape`` depends on the kind: ``conv`` ``(batch, c_in, c_out, kernel, stride, groups,
-    h_out, w_out)``; ``gemm`` ``(m, k, n, groups)``; others ``()``. ``macs`` and ``bytes``
-    are per repetition; ``bytes`` counts reads and writes.
+    h_out, w_out)``; ``gemm`` ``(m, k, n, groups)``; ``gather`` ``(rows, taps, channels)``:
+    ``taps`` input rows of ``channels`` gathered for each of ``rows`` output pixels;
+    ``elementwise`` ``(rows, channels)``; ``epilogue`` ``(pixels, channels, active)``: the
+    output map's pixel rows and channels and the rows the branch adds to; others ``()``.
+    ``macs`` and ``bytes`` are per repetition; ``bytes`` counts reads and writes.
     """
 
     kind: str
@@ -64,9 +67,9 @@ def gemm_op(name: str, rows: float, k: int, n: int, groups: int = 1, count: floa
     return Op("gemm", name, groups * rows * k * n, traffic * FLOAT_BYTES, (rows, k, n, groups), count)
 
 
-def memory_op(kind: str, name: str, elements: float, count: float = 1.0) -> Op:
+def memory_op(kind: str, name: str, elements: float, count: float = 1.0, shape: tuple = ()) -> Op:
     """An operator that reads and writes ``elements`` floats each."""
-    return Op(kind, name, 0.0, 2 * elements * FLOAT_BYTES, (), count)
+    return Op(kind, name, 0.0, 2 * elements * FLOAT_BYTES, shape, count)
 
 
 def hit_probability(covering: int, units: int, rate: float) -> float:

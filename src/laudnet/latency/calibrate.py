@@ -1,0 +1,532 @@
+"""Local calibration: time the sparse engine's real kernels on this CPU and fit the
+efficiency parameters of the cost model (:mod:`laudnet.latency.cost`) to them.
+
+The micro-benchmarks are the kernels the engine runs (``torch.addmm`` GEMMs on pixel rows,
+``F.conv2d`` direct convolutions, :func:`laudnet.sparse.gather_taps`, the residual
+epilogue of a block, channel slicing of packed weights, the maskers, the small index
+operators), each described by the plan operator (:class:`laudnet.sparse.plan.Op`) that
+stands for it in execution plans, plus tiny blocks (a few channels on a 4×4 or 6×6 map,
+shapes no network uses) for the fixed Python cost of a block. Whole blocks of real
+networks are never measured here: they are the held-out set of ``laudnet latency validate``.
+
+Each timing is the median of ``repeats`` rounds after a warm-up, a round looping the call
+long enough (≥ 2 ms) for the timer; GEMM and convolution weights rotate through copies so
+that, as in a network, they come from memory rather than the caches. Calibration (and
+validation) run with :func:`laudnet.latency.measure.stable_allocator`: predictions are for a
+process whose allocator reuses memory. Fits minimise the log-ratio of predicted to measured
+time (robust loss): bandwidths per memory level, then per operator kind a fixed overhead
+and an efficiency, then GEMM and convolution efficiencies with their half-saturation
+dimensions. The fitted profile is written with the measurements, which also train the
+learned predictor (:mod:`laudnet.latency.learned`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..blocks.base import DynamicBlock, FixedDecisions
+from ..blocks.resnet import DynamicBottleneck
+from ..config import StageConfig
+from ..sparse.pixels import gather_taps, neighbor_table, pixel_rows, receptive_mask
+from ..sparse.plan import Op, conv_op, gemm_op, memory_op
+from .cost import MEMORY_KINDS, plan_cost
+from .hardware import Cache, Hardware, save_hardware, user_profile_dir
+from .measure import interleaved, stable_allocator
+
+FAMILIES = ("elementwise", "gather", "epilogue", "slice", "masker", "index", "gemm", "conv", "block")
+BLOCK_PARADIGMS = ("none", "spatial", "channel", "layer")
+
+
+@dataclass
+class Sample:
+    """A measured call: the plan operators it stands for and its median time in ms."""
+
+    family: str
+    ops: list[Op]
+    ms: float
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(family=self.family, ms=self.ms, meta=self.meta,
+                    ops=[dict(kind=o.kind, name=o.name, macs=o.macs, bytes=o.bytes, shape=list(o.shape),
+                              count=o.count) for o in self.ops])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Sample":
+        ops = [Op(o["kind"], o["name"], o["macs"], o["bytes"], tuple(o["shape"]), o["count"]) for o in data["ops"]]
+        return cls(data["family"], ops, float(data["ms"]), data.get("meta", {}))
+
+
+STATISTICS = ("median", "min")
+
+
+def time_call(fn: Callable[[], object], repeats: int = 7, min_ms: float = 2.0, statistic: str = "median") -> float:
+    """Milliseconds of one call of ``fn``: the median (or the minimum, less sensitive to
+    other jobs on a shared machine) over ``repeats`` rounds after a warm-up, each round
+    looping ``fn`` for at least ``min_ms``."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    inner = max(1, math.ceil(min_ms * 1e-3 / max(once, 1e-7)))
+
+    def round_() -> None:
+        for _ in range(inner):
+            fn()
+
+    timing = interleaved({"call": round_}, repeats=repeats, warmup=1)["call"]
+    ms = timing.median_ms if statistic == "median" else 1e3 * min(timing.times)
+    return ms / inner
+
+
+# --------------------------------------------------------------------------------- the machine
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def _cpuinfo(key: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
+    except (OSError, StopIteration):
+        return None
+
+
+def fp32_lanes() -> int:
+    """FP32 FMA lanes per core and cycle, from the vector extensions (two FMA units assumed)."""
+    flags = _cpu_flags()
+    if "avx512f" in flags:
+        return 32
+    if "avx2" in flags and "fma" in flags:
+        return 16
+    if "avx" in flags:
+        return 8
+    return 4
+
+
+def cache_sizes_kb(threads: int) -> list[tuple[str, float]]:
+    """Data cache levels usable by ``threads`` threads: per-core caches count ``threads`` times."""
+    levels = []
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            if kind == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+            kb = float(size[:-1]) * (1024 if size.endswith("M") else 1) if size[-1] in "KM" else float(size) / 1024
+            shared = (index / "shared_cpu_list").read_text().strip()
+            per_core = shared.isdigit()
+            levels.append((f"L{(index / 'level').read_text().strip()}", kb * (threads if per_core else 1)))
+        except (OSError, ValueError):
+            continue
+    return levels or [("L1", 32.0 * threads), ("L2", 512.0 * threads), ("L3", 8192.0)]
+
+
+def machine_title(threads: int) -> str:
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
+    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''} (this machine)"
+
+
+# --------------------------------------------------------------------------------- benchmarks
+def _log_grid(low: float, high: float, n: int) -> list[float]:
+    return list(np.exp(np.linspace(math.log(low), math.log(high), n)))
+
+
+def _rows(rng: np.random.Generator, total: int, count: int) -> torch.Tensor:
+    """``count`` distinct sorted row indices of ``total`` (as ``nonzero`` returns them)."""
+    return torch.from_numpy(np.sort(rng.choice(total, size=min(count, total), replace=False)))
+
+
+RESNET_MAPS = ((64, 56), (256, 56), (128, 28), (512, 28), (256, 14), (1024, 14), (512, 7), (2048, 7))
+"""(channels, side) of the feature maps of ResNet stages, where the engine's maps live."""
+
+
+def _channels(rng: np.random.Generator) -> int:
+    """A channel count as the engine sees them: a ResNet width, or a sliced one (any integer)."""
+    if rng.random() < 0.7:
+        return int(rng.choice([64, 128, 256, 512, 1024, 2048]))
+    return int(rng.integers(8, 513))
+
+
+def elementwise_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    sizes = _log_grid(2 ** 10, 2 ** 21, n // 2) + _log_grid(2 ** 21, 2 ** 25, n - n // 2)
+    for elements in sizes:
+        channels = _channels(rng)
+        x = torch.randn(max(1, int(elements) // channels), channels)
+        yield memory_op("elementwise", "relu", x.numel(), shape=tuple(x.shape)), (lambda x=x: F.relu(x))
+
+
+def gather_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    for elements in _log_grid(2 ** 12, 2 ** 24, n):
+        channels = _channels(rng)
+        kernel, stride = [(3, 1), (3, 1), (3, 2), (1, 1), (1, 2)][int(rng.integers(5))]
+        side = int(rng.choice([7, 14, 28, 56]))
+        out_side = (side - 1) // stride + 1
+        batch = int(rng.choice([1, 2, 4, 8]))
+        m = max(1, min(batch * out_side ** 2, int(elements) // (kernel * kernel * channels)))
+        table = neighbor_table(batch, (side, side), (out_side, out_side), kernel, stride, kernel // 2, 1,
+                               torch.device("cpu"))
+        taps = table.index_select(0, _rows(rng, table.shape[0], m))
+        source = torch.randn(batch * side * side, channels)
+        yield (memory_op("gather", f"gather{kernel}x{kernel}", taps.numel() * channels,
+                         shape=(taps.shape[0], taps.shape[1], channels)), lambda s=source, t=taps: gather_taps(s, t))
+
+
+def _bottleneck(channels: int, paradigm: str = "none", granularity: int | None = None, stride: int = 1,
+                downsample: bool = False) -> DynamicBottleneck:
+    width = max(1, channels // 4)
+    shortcut = None
+    if downsample:
+        shortcut = torch.nn.Sequential(torch.nn.Conv2d(channels, width * 4, 1, stride, bias=False),
+                                       torch.nn.BatchNorm2d(width * 4))
+    block = DynamicBottleneck(channels, width, stride, shortcut, config=StageConfig(paradigm, granularity)).eval()
+    block.execution = "sparse"
+    return block
+
+
+def epilogue_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    for _ in range(n):
+        channels, side = RESNET_MAPS[int(rng.integers(len(RESNET_MAPS)))]
+        batch = int(rng.choice([1, 2, 4, 8]))
+        block = _bottleneck(channels)
+        identity = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+        total = batch * side * side
+        rows = None if rng.random() < 0.3 else _rows(rng, total, max(1, int(total * rng.uniform(0.05, 0.95))))
+        h = torch.randn(total if rows is None else rows.numel(), channels)
+        op = block._plan_epilogue(batch, [(side, side)], None if rows is None else rows.numel())[0]
+        yield op, (lambda b=block, i=identity, h=h, r=rows: b._add_rows(i, i, h, r))
+
+
+def slice_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    for _ in range(n):
+        channels = int(rng.choice([256, 512, 1024, 2048]))
+        granularity = int(rng.choice([1, 2, 4, 8, 16]))
+        block = _bottleneck(channels, "channel", granularity)
+        packed = block._packed()
+        rate = float(rng.uniform(0.1, 0.9))
+        op = next(o for o in block.plan((channels, 7, 7), 1, rate) if o.kind == "slice")
+        keep = int(rate * block.channel_masker.outputs + 0.5)
+        kept = torch.sort(torch.from_numpy(rng.choice(block.channel_masker.outputs, keep, replace=False))).values
+        chans = (kept[:, None] * granularity + torch.arange(granularity)).reshape(-1)
+        chans = chans[chans < block.inner_channels]
+        last = len(packed) - 1
+
+        def run(p=packed, c=chans, last=last):
+            return [conv.sliced(c if i > 0 else None, c if i < last else None) for i, conv in enumerate(p)]
+
+        yield op, run
+
+
+def masker_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    for _ in range(n):
+        channels, side = RESNET_MAPS[int(rng.integers(len(RESNET_MAPS)))]
+        batch = int(rng.choice([1, 2, 4, 8]))
+        paradigm, granularity = [("spatial", int(rng.choice([1, 2, 4, 7]))), ("channel", 4), ("layer", None)][
+            int(rng.integers(3))]
+        block = _bottleneck(channels, paradigm, granularity)
+        masker = block.maskers()[0]
+        x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+        op = next(o for o in block.plan((channels, side, side), batch, 1.0) if o.kind == "masker")
+        yield op, (lambda m=masker, x=x: m(x))
+
+
+def index_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    """The small operators of sparse spatial execution, on mask-sized tensors."""
+    for _ in range(n):
+        batch, side = int(rng.choice([1, 2, 4, 8])), int(rng.choice([7, 14, 28, 56]))
+        mask = (torch.rand(batch, side, side) < 0.5).float()
+        rows = mask.reshape(-1).nonzero().squeeze(1)
+        index = torch.full((mask.numel() + 1,), rows.numel(), dtype=torch.long)
+        cases = {
+            "nonzero": lambda: mask.reshape(-1).nonzero().squeeze(1),
+            "receptive_mask": lambda: receptive_mask(mask, 3, 1, 1, (side, side)),
+            "index_put": lambda: index.__setitem__(rows, torch.arange(rows.numel())),
+            "full": lambda: torch.full((mask.numel() + 1,), rows.numel(), dtype=torch.long),
+            "clamp": lambda: rows.clamp(max=mask.numel() - 1),
+            "compare": lambda: rows >= mask.numel() // 2,
+            "sum": lambda: float(mask.sum()),
+        }
+        name = list(cases)[int(rng.integers(len(cases)))]
+        yield Op("index", name), cases[name]
+
+
+COLD_BYTES = 64 * 2 ** 20
+
+
+def _cold(make: Callable[[], torch.Tensor], nbytes: float) -> Iterator[torch.Tensor]:
+    """Copies of a weight tensor to cycle through, enough (up to 8) that each call finds its
+    weights out of the caches, as a layer does in a network."""
+    copies = [make() for _ in range(max(1, min(8, math.ceil(COLD_BYTES / max(nbytes, 1)))))]
+    return itertools.cycle(copies)
+
+
+def gemm_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    produced = 0
+    while produced < n:
+        m = int(math.exp(rng.uniform(math.log(4), math.log(50_000))))
+        k = _channels(rng) * int(rng.choice([1, 1, 9]))
+        cols = _channels(rng)
+        if m * k * cols > 1.2e9 or m * k * 4 > 80e6 or k * cols * 4 > 16e6:
+            continue
+        produced += 1
+        a, bias = torch.randn(m, k), torch.randn(cols)
+        weights = _cold(lambda: torch.randn(k, cols), k * cols * 4)
+        yield gemm_op("addmm", m, k, cols), (lambda a=a, w=weights, c=bias: torch.addmm(c, a, next(w)))
+
+
+def conv_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
+    produced = 0
+    while produced < n:
+        kernel = int(rng.choice([1, 1, 3, 3, 3, 7]))
+        stride = int(rng.choice([1, 2]))
+        c_in = 3 if kernel == 7 else _channels(rng)
+        c_out = _channels(rng)
+        side = int(rng.choice([7, 14, 28, 56] if kernel < 7 else [112, 224]))
+        batch = int(rng.choice([1, 2, 4, 8]))
+        out_side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+        macs = batch * out_side ** 2 * c_out * c_in * kernel ** 2
+        if macs > 1.2e9 or macs < 1e5 or c_out * c_in * kernel ** 2 * 4 > 16e6:
+            continue
+        produced += 1
+        x = torch.randn(batch, c_in, side, side).contiguous(memory_format=torch.channels_last)
+        bias = torch.randn(c_out)
+        weights = _cold(lambda: torch.randn(c_out, c_in, kernel, kernel), c_out * c_in * kernel ** 2 * 4)
+        op = conv_op("conv2d", batch, c_in, c_out, kernel, stride, 1, out_side, out_side, side, side)
+        yield op, (lambda x=x, w=weights, b=bias, s=stride, p=kernel // 2: F.conv2d(x, next(w), b, s, p))
+
+
+def block_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[list[Op], Callable, dict]]:
+    """Tiny blocks (8 or 16 channels, 4×4 or 6×6 maps): their time is the fixed cost of the
+    block's Python code around its operators."""
+    for i in range(n):
+        paradigm = BLOCK_PARADIGMS[i % len(BLOCK_PARADIGMS)]
+        channels, side = int(rng.choice([8, 16])), int(rng.choice([4, 6]))
+        stride, batch = int(rng.choice([1, 2])), int(rng.choice([1, 2]))
+        granularity = {"spatial": int(rng.choice([1, 2])), "channel": 1}.get(paradigm)
+        block = _bottleneck(channels, paradigm, granularity, stride, downsample=stride > 1 or rng.random() < 0.5)
+        rate = 0.5 if paradigm != "layer" else 1.0
+        block.fixed = FixedDecisions(rate, seed=i)
+        x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+        ops = block.plan((channels, side, side), batch, rate)
+        yield ops, (lambda b=block, x=x: b(x)), dict(paradigm=paradigm)
+
+
+SUITE = {"elementwise": (elementwise_cases, 24), "gather": (gather_cases, 40), "epilogue": (epilogue_cases, 30),
+         "slice": (slice_cases, 16), "masker": (masker_cases, 24), "index": (index_cases, 28),
+         "gemm": (gemm_cases, 150), "conv": (conv_cases, 80), "block": (block_cases, 24)}
+
+
+@torch.no_grad()
+def measure(families: tuple[str, ...] = FAMILIES, scale: float = 1.0, repeats: int = 7, seed: int = 0,
+            progress: bool = True, statistic: str = "median") -> list[Sample]:
+    """Run the micro-benchmarks; ``scale`` multiplies the number of cases of each family."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    plan = [(family, max(2, int(SUITE[family][1] * scale))) for family in families]
+    samples: list[Sample] = []
+    with tqdm(total=sum(n for _, n in plan), desc="calibrating", disable=not progress, unit="case") as bar:
+        for family, count in plan:
+            for case in SUITE[family][0](rng, count):
+                ops, fn, meta = (case if family == "block" else ([case[0]], case[1], {}))
+                samples.append(Sample(family, ops, time_call(fn, repeats, statistic=statistic), meta))
+                bar.update()
+    return samples
+
+
+# --------------------------------------------------------------------------------- fitting
+def _with_model(hw: Hardware, **updates) -> Hardware:
+    model = dict(hw.model)
+    model.update(updates)
+    return replace(hw, model=model)
+
+
+def _least_squares(residuals: Callable[[np.ndarray], np.ndarray], starts: list[list[float]], lower: list[float],
+                   upper: list[float]) -> np.ndarray:
+    """Robust least squares from several starting points; the best solution."""
+    from scipy.optimize import least_squares
+
+    best = None
+    for x0 in starts:
+        x0 = np.clip(np.asarray(x0, float), lower, upper)
+        result = least_squares(residuals, x0, bounds=(lower, upper), loss="soft_l1", f_scale=0.1)
+        if best is None or result.cost < best.cost:
+            best = result
+    return best.x
+
+
+def _log_errors(samples: list[Sample], hw: Hardware) -> np.ndarray:
+    return np.array([math.log(max(plan_cost(s.ops, hw).total_ms, 1e-9) / s.ms) for s in samples])
+
+
+def _fit_bandwidths(hw: Hardware, samples: list[Sample]) -> Hardware:
+    """Bandwidth of each memory level, the effective size of the caches beyond L1 (shared
+    caches are shared with other programs), the bandwidth of fresh pages and the
+    element-wise overhead, from element-wise operators of every size."""
+    levels = sorted(hw.caches, key=lambda c: c.size_kb)
+    n = len(levels)
+
+    def build(x: np.ndarray) -> Hardware:
+        v = np.exp(x)
+        sizes = [levels[0].size_kb] + list(v[n + 1:2 * n])
+        caches = tuple(Cache(c.level, float(size), float(b)) for c, size, b in zip(levels, sizes, v[1:n + 1]))
+        memory = dict(hw.model["memory"])
+        memory["elementwise"] = dict(efficiency=1.0, overhead_us=float(v[0]))
+        return replace(hw, caches=caches, memory_bandwidth_gbs=float(v[2 * n]),
+                       model=dict(hw.model, memory=memory, memory_efficiency=1.0, page_gbs=float(v[2 * n + 1])))
+
+    x0 = np.log([hw.model["memory"]["elementwise"]["overhead_us"]] + [c.bandwidth_gbs for c in levels]
+                + [c.size_kb for c in levels[1:]] + [hw.memory_bandwidth_gbs, hw.model["page_gbs"]])
+    lower = np.log([0.05] + [0.1] * n + [c.size_kb / 8 for c in levels[1:]] + [0.1, 0.1])
+    upper = np.log([1000.0] + [1e4] * n + [c.size_kb * 1.5 for c in levels[1:]] + [1e4, 1e4])
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), [list(x0)], list(lower), list(upper))
+    return build(x)
+
+
+def _fit_memory_kind(hw: Hardware, kind: str, samples: list[Sample]) -> Hardware:
+    """Efficiency, fixed overhead, per-row cost (gathers, epilogues) and padding cost
+    (gathers) of a memory kind."""
+    names = {"gather": ("efficiency", "overhead_us", "row_ns", "padding_us"),
+             "epilogue": ("efficiency", "overhead_us", "row_ns")}.get(kind, ("efficiency", "overhead_us"))
+
+    def build(x: np.ndarray) -> Hardware:
+        memory = dict(hw.model["memory"])
+        memory[kind] = {"row_ns": 0.0, **{n: float(v) for n, v in zip(names, np.exp(x))}}
+        return _with_model(hw, memory=memory)
+
+    count = len(names)
+    starts = [list(np.log([1.0, 5.0, 2.0, 5.0]))[:count], list(np.log([0.5, 20.0, 10.0, 1.0]))[:count]]
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), starts,
+                       list(np.log([0.01, 0.05, 0.01, 0.01]))[:count], list(np.log([10.0, 5000.0, 1e4, 1000.0]))[:count])
+    return build(x)
+
+
+def _fit_matmul(hw: Hardware, kind: str, samples: list[Sample]) -> Hardware:
+    names = ("efficiency", "m_half", "k_half", "n_half", "overhead_us", "packing_gbs", "unaligned", "narrow_input")
+
+    def build(x: np.ndarray) -> Hardware:
+        params = dict(hw.model[kind])
+        params.update({n: float(v) for n, v in zip(names, np.exp(x[:-1]))}, stream_loss=float(x[-1]))
+        return _with_model(hw, **{kind: params})
+
+    starts = [list(np.log([0.8, 8, 16, 16, 5, 3, 0.9, 0.8])) + [0.1],
+              list(np.log([1.0, 30, 30, 30, 20, 1, 0.8, 0.5])) + [0.3],
+              list(np.log([0.6, 2, 4, 4, 2, 10, 1.0, 1.0])) + [0.0]]
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), starts,
+                       list(np.log([0.02, 0.01, 0.01, 0.01, 0.05, 0.1, 0.2, 0.1])) + [0.0],
+                       list(np.log([3.0, 1e5, 1e5, 1e5, 5000.0, 1e4, 1.0, 2.0])) + [0.9])
+    return build(x)
+
+
+def fit(samples: list[Sample], hw: Hardware) -> Hardware:
+    """The profile ``hw`` with its CPU cost-model parameters fitted to ``samples``.
+    Families without samples keep the parameters of ``hw``."""
+    by_family: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_family.setdefault(s.family, []).append(s)
+    if by_family.get("elementwise"):
+        hw = _fit_bandwidths(hw, by_family["elementwise"])
+        hw = replace(hw, launch_us=hw.model["memory"]["elementwise"]["overhead_us"])
+    for kind in MEMORY_KINDS:
+        if kind != "elementwise" and by_family.get(kind):
+            hw = _fit_memory_kind(hw, kind, by_family[kind])
+    if by_family.get("index"):
+        hw = _with_model(hw, index_us=float(statistics.median(s.ms for s in by_family["index"]) * 1e3))
+    for kind in ("gemm", "conv"):
+        if by_family.get(kind):
+            hw = _fit_matmul(hw, kind, by_family[kind])
+    if by_family.get("block"):
+        block_us = dict(hw.model.get("block_us", {}))
+        for paradigm in BLOCK_PARADIGMS:
+            extra = [s.ms - plan_cost(s.ops, hw).total_ms for s in by_family["block"]
+                     if s.meta.get("paradigm") == paradigm]
+            if extra:
+                block_us[paradigm] = max(0.0, float(statistics.median(extra)) * 1e3)
+        hw = _with_model(hw, block_us=block_us)
+    return hw
+
+
+def _block_ms(hw: Hardware, sample: Sample) -> float:
+    paradigm = sample.meta.get("paradigm")
+    return hw.model.get("block_us", {}).get(paradigm, 0.0) * 1e-3 if paradigm else 0.0
+
+
+def fit_report(samples: list[Sample], hw: Hardware) -> dict[str, dict[str, float]]:
+    """Per family: number of samples, RMS and median absolute percentage error and share
+    within ±10 % of the fitted model on its own calibration measurements."""
+    report = {}
+    for family in FAMILIES:
+        chosen = [s for s in samples if s.family == family]
+        if not chosen:
+            continue
+        errors = np.array([(plan_cost(s.ops, hw).total_ms + _block_ms(hw, s)) / s.ms - 1 for s in chosen])
+        report[family] = dict(n=len(chosen), rmspe=float(np.sqrt(np.mean(errors ** 2))),
+                              median_abs_error=float(np.median(np.abs(errors))),
+                              within_10=float(np.mean(np.abs(errors) <= 0.1)))
+    return report
+
+
+def starting_profile(threads: int) -> Hardware:
+    """Datasheet-style starting point for this machine (before fitting)."""
+    clock = float(_cpuinfo("cpu MHz") or 2500.0) / 1000
+    caches = tuple(Cache(level, kb, bw) for (level, kb), bw in zip(cache_sizes_kb(threads), (200.0, 80.0, 40.0, 30.0)))
+    memory = {kind: dict(efficiency=1.0, overhead_us=3.0, row_ns=0.0) for kind in MEMORY_KINDS}
+    matmul = dict(efficiency=0.8, m_half=8.0, k_half=16.0, n_half=16.0, overhead_us=5.0, packing_gbs=10.0,
+                  stream_loss=0.0, unaligned=1.0, narrow_input=1.0, depthwise_efficiency=0.1)
+    model = dict(threads=threads, overlap=1.0, memory_efficiency=1.0, page_gbs=3.0, gemm=dict(matmul), conv=dict(matmul),
+                 memory=memory, index_us=5.0, block_us={p: 0.0 for p in BLOCK_PARADIGMS})
+    return Hardware("local", machine_title(threads), "cpu", threads, fp32_lanes(), clock, 20.0 * threads, caches,
+                    3.0, model, ("measured by laudnet latency calibrate",), calibrated=True)
+
+
+def calibrate(out: str | Path | None = None, threads: int | None = None, scale: float = 1.0, repeats: int = 7,
+              seed: int = 0, progress: bool = True, statistic: str = "median") -> tuple[Hardware, dict]:
+    """Measure this CPU, fit the profile, write it (default: ``local.json`` in the user
+    profile directory) and return it with the fit report."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
+    started = time.perf_counter()
+    samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
+    hw = fit(samples, starting_profile(threads))
+    report = fit_report(samples, hw)
+    path = Path(out) if out is not None else user_profile_dir() / "local.json"
+    data = hw.to_dict()
+    data["name"] = path.stem
+    data["sources"] = [f"measured by `laudnet latency calibrate` on {datetime.date.today().isoformat()} "
+                       f"({len(samples)} micro-benchmarks, {statistic} of {repeats} rounds each, "
+                       f"{time.perf_counter() - started:.0f} s)",
+                       "cache sizes from /sys/devices/system/cpu/cpu0/cache, clock and vector width from /proc/cpuinfo"]
+    data["notes"] = (f"torch {torch.__version__}, {threads} threads, {allocator} (see "
+                     f"laudnet.latency.measure.stable_allocator); FP32 lanes from the vector extensions, "
+                     f"clock as reported; the fitted efficiencies absorb their errors. Fit RMS errors: "
+                     + ", ".join(f"{k} {v['rmspe']:.1%}" for k, v in report.items()))
+    data["samples"] = [s.to_dict() for s in samples]
+    return save_hardware(data, path), report

@@ -1,0 +1,180 @@
+"""Command-line commands of the latency predictor, for the ``laudnet`` CLI:
+
+- ``hardware list`` / ``hardware show NAME``: the known device profiles;
+- ``predict``: predicted latency of a network on a device, with its per-block breakdown;
+- ``latency calibrate`` / ``latency validate``: fit the ``local`` profile to this CPU and
+  check the predictor against measurements of held-out blocks.
+
+``add_parsers(subparsers)`` registers them; each sets ``func``; :func:`run` calls it and
+turns bad input (``ValueError``) into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_THREADS = 2
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate {text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"rate {value} is outside [0, 1]")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``hardware``, ``predict`` and ``latency`` commands."""
+    hardware = subparsers.add_parser("hardware", help="list or show hardware profiles")
+    hardware_commands = hardware.add_subparsers(dest="hardware_command", metavar="{list,show}", required=True)
+    hardware_commands.add_parser("list", help="the known profiles").set_defaults(func=hardware_list)
+    show = hardware_commands.add_parser("show", help="one profile with its sources")
+    show.add_argument("name", help="profile name (see `hardware list`) or path to a JSON profile")
+    show.set_defaults(func=hardware_show)
+
+    predict = subparsers.add_parser("predict", help="predict the latency of a network on a device")
+    predict.add_argument("--arch", default="resnet50",
+                         help="laudnet model (laudnet.list_models()) or torchvision classification model")
+    predict.add_argument("--paradigm", default="none",
+                         help="per-stage paradigm spec, e.g. spatial or spatial-spatial-channel-layer; "
+                              "none (default) gives the static network")
+    predict.add_argument("--granularity", default=None, help="per-stage S or G, e.g. 4-4-2-1")
+    predict.add_argument("--hardware", default="v100", help="profile name (see `hardware list`) or JSON path")
+    predict.add_argument("--batch-size", type=_positive, default=128)
+    predict.add_argument("--input-size", type=_positive, default=224)
+    predict.add_argument("--rate", type=_rate, default=None, help="activation rate of every gate (default 1)")
+    predict.add_argument("--method", choices=("analytic", "learned"), default="analytic")
+    predict.add_argument("--execution", choices=("sparse", "static"), default="sparse")
+    predict.add_argument("--json", action="store_true", help="print the report as JSON")
+    predict.set_defaults(func=predict_command)
+
+    latency = subparsers.add_parser("latency", help="calibrate and validate the predictor on this CPU")
+    latency_commands = latency.add_subparsers(dest="latency_command", metavar="{calibrate,validate}", required=True)
+    calibrate = latency_commands.add_parser("calibrate", help="measure this CPU and write the `local` profile")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="profile path (default: local.json in the user profile directory)")
+    calibrate.add_argument("--threads", type=_positive, default=DEFAULT_THREADS)
+    calibrate.add_argument("--scale", type=float, default=1.0, help="multiplies the number of micro-benchmarks")
+    calibrate.add_argument("--repeats", type=_positive, default=7)
+    calibrate.add_argument("--statistic", choices=("median", "min"), default="median")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
+    calibrate.set_defaults(func=calibrate_command)
+    validate = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
+    validate.add_argument("--n", type=_positive, default=60, help="number of block configurations")
+    validate.add_argument("--seed", type=int, default=1)
+    validate.add_argument("--hardware", default="local")
+    validate.add_argument("--threads", type=_positive, default=None, help="default: those of the profile")
+    validate.add_argument("--repeats", type=_positive, default=7)
+    validate.add_argument("--decisions", type=_positive, default=3, help="random decision sets per configuration")
+    validate.add_argument("--statistic", choices=("median", "min"), default="median")
+    validate.add_argument("--paradigms", default=None,
+                          help="comma-separated paradigms to validate (default: all), e.g. spatial,layer+spatial")
+    validate.add_argument("--out", type=Path, default=Path("latency-validation"))
+    validate.set_defaults(func=validate_command)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command of ``args``; bad input gives a one-line message and exit code 2."""
+    try:
+        return args.func(args) or 0
+    except ValueError as error:
+        print(f"laudnet: error: {error}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------- commands
+def hardware_list(args: argparse.Namespace) -> int:
+    from .hardware import list_hardware, load_hardware
+
+    print(f"{'name':<14}{'kind':<6}{'FP32 TFLOPS':>12}{'GB/s':>8}  {'status':<13}title")
+    for name in list_hardware():
+        hw = load_hardware(name)
+        status = "calibrated" if hw.calibrated else "uncalibrated"
+        print(f"{name:<14}{hw.kind:<6}{hw.peak_tflops:>12.3g}{hw.memory_bandwidth_gbs:>8.4g}  {status:<13}{hw.title}")
+    return 0
+
+
+def hardware_show(args: argparse.Namespace) -> int:
+    from .hardware import load_hardware
+
+    print(load_hardware(args.name).describe())
+    return 0
+
+
+def build_model(arch: str, paradigm: str, granularity: str | None, input_size: int):
+    """A laudnet dynamic model, or a static torchvision one for ``paradigm="none"``, with
+    random weights on the meta device (shapes only: nothing is computed or downloaded)."""
+    import torchvision
+
+    import laudnet
+
+    if paradigm != "none" or granularity is not None:
+        if arch not in laudnet.list_models():
+            raise ValueError(f"no dynamic model {arch!r}; dynamic models: {', '.join(laudnet.list_models())}")
+        model = laudnet.create_model(arch, paradigm=paradigm, granularity=granularity, input_size=input_size)
+    else:
+        names = set(torchvision.models.list_models(module=torchvision.models))
+        if arch not in names:
+            raise ValueError(f"unknown architecture {arch!r}; torchvision classification models: "
+                             f"{', '.join(sorted(names))}")
+        model = torchvision.models.get_model(arch, weights=None)
+    return model.to("meta")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from .hardware import load_hardware
+    from .predictor import predict_latency
+
+    hw = load_hardware(args.hardware)
+    model = build_model(args.arch, args.paradigm, args.granularity, args.input_size)
+    report = predict_latency(model, hw, args.batch_size, args.input_size, args.rate, args.method, args.execution)
+    report.model = args.arch if args.paradigm == "none" else f"{args.arch} {args.paradigm}:{args.granularity or 'default'}"
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.summary())
+    return 0
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    hw, report = calibrate(args.out, args.threads, args.scale, args.repeats, args.seed, statistic=args.statistic)
+    lines = [f"wrote profile {hw.name!r} to {hw.path}", "fit on the calibration measurements:"]
+    lines += [f"  {family:<12} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
+              f"{r['within_10']:.0%}" for family, r in report.items()]
+    print("\n".join(lines))
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / "calibration.json").write_text(json.dumps(dict(profile=str(hw.path), fit=report),
+                                                                     indent=1) + "\n")
+        (args.report_dir / "calibration.md").write_text("\n".join(lines) + "\n\n" + hw.describe() + "\n")
+    return 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from .hardware import load_hardware
+    from .validate import validate
+
+    threads = args.threads or load_hardware(args.hardware).model.get("threads")
+    paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
+    result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic,
+                      paradigms=paradigms)
+    paths = result.write(args.out)
+    print(result.markdown().split("\n| configuration")[0].rstrip())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

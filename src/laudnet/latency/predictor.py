@@ -1,0 +1,413 @@
+"""Network latency prediction: ``predict_latency(model, hardware=..., batch_size=..., ...)``.
+
+A network is walked once (:func:`walk_network`): one forward pass of a single sample records
+every operator outside the dynamic blocks (stem, shortcuts of static blocks, pooling, head,
+whole static torchvision models) as plan operators (``conv``, ``gemm``, ``elementwise``,
+``epilogue``), and the input shape of every dynamic block. Pricing (:func:`predict_walk`)
+then asks each dynamic block for its execution plan at the requested batch and activation
+rate (:meth:`laudnet.blocks.DynamicBlock.plan`) and prices every operator with the cost
+model of the hardware profile. The result is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Union
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..blocks.base import DynamicBlock
+from ..dynamic import NetworkStats, dynamic_blocks
+from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
+from .cost import Cost, plan_cost, total_cost
+from .hardware import Hardware, load_hardware
+
+Rates = Union[None, float, Mapping[str, float], NetworkStats]
+METHODS = ("analytic", "learned")
+EXECUTIONS = ("sparse", "static")
+
+_ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "sigmoid", "sigmoid_",
+                "hardswish", "hardswish_", "hardsigmoid", "gelu", "tanh", "leaky_relu", "leaky_relu_", "elu", "mish"}
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+# --------------------------------------------------------------------------------- walk
+@dataclass(frozen=True)
+class WalkOp:
+    """A recorded operator for one sample; :meth:`at` gives it for a batch."""
+
+    op: Op
+    fusable: bool = False
+    in_size: tuple[int, int] = (0, 0)
+
+    def at(self, batch: int) -> Op:
+        op = self.op
+        if op.kind == "conv":
+            _, c_in, c_out, kernel, stride, groups, out_h, out_w = op.shape
+            return conv_op(op.name, batch, c_in, c_out, kernel, stride, groups, out_h, out_w, *self.in_size)
+        if op.kind == "gemm":
+            rows, k, n, groups = op.shape
+            return gemm_op(op.name, rows * batch, k, n, groups)
+        return Op(op.kind, op.name, op.macs * batch, op.bytes * batch, op.shape, op.count)
+
+
+@dataclass
+class Segment:
+    """A part of the network: static operators of one module, or one dynamic block."""
+
+    name: str
+    ops: list[WalkOp] = field(default_factory=list)
+    block: DynamicBlock | None = None
+    input_shape: tuple[int, int, int] | None = None
+
+
+@dataclass
+class NetworkWalk:
+    """The operators of a network for one input size, independent of batch, rates and device."""
+
+    model_name: str
+    input_size: int
+    segments: list[Segment]
+
+    @property
+    def blocks(self) -> list[Segment]:
+        return [s for s in self.segments if s.block is not None]
+
+
+def _numel(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, (list, tuple)):
+        return sum(_numel(v) for v in value)
+    return 0
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _is_view(out: torch.Tensor, inputs: list[torch.Tensor]) -> bool:
+    """Whether ``out`` is one of ``inputs`` or a view of one (works on the meta device)."""
+    base = out._base
+    return any(out is t or (base is not None and (base is t or base is t._base)) for t in inputs)
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the operators of a forward pass outside the dynamic blocks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.segments: list[Segment] = []
+        self.stack: list[tuple[str, nn.Module]] = []
+        self.inside_block = 0
+        self.last_output: torch.Tensor | None = None
+        self.last_kind = ""
+        self.hooks = []
+        for name, module in model.named_modules():
+            self.hooks.append(module.register_forward_pre_hook(self._enter(name, module)))
+            self.hooks.append(module.register_forward_hook(self._leave(module)))
+
+    def _enter(self, name: str, module: nn.Module):
+        def hook(mod, args):
+            self.stack.append((name, module))
+            if isinstance(module, DynamicBlock):
+                if self.inside_block == 0:
+                    self.segments.append(Segment(name, block=module, input_shape=tuple(args[0].shape[1:])))
+                self.inside_block += 1
+        return hook
+
+    def _leave(self, module: nn.Module):
+        def hook(mod, args, output):
+            self.stack.pop()
+            if isinstance(module, DynamicBlock):
+                self.inside_block -= 1
+                self.last_output = None
+        return hook
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def _group(self) -> str:
+        """The shallowest non-container module around the current operator."""
+        for name, module in self.stack:
+            if name and not isinstance(module, _CONTAINERS):
+                return name
+        names = [name for name, _ in self.stack if name]
+        return names[-1] if names else "(network)"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.inside_block == 0:
+            self._record(func, args, kwargs, out)
+        return out
+
+    def _record(self, func, args, kwargs, out) -> None:
+        name = getattr(func, "__name__", str(func))
+        outputs = _tensors(out)
+        inputs = _tensors(list(args) + list(kwargs.values()))
+        if not outputs or not inputs:
+            return
+        in_place = ((name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+                    or kwargs.get("inplace") is True or (name in _ACTIVATIONS and args[-1] is True))
+        if all(_is_view(t, inputs) for t in outputs) and not in_place:
+            return  # a view or the input itself (flatten, contiguous, dropout in eval mode)
+        group = self._group()
+        x = inputs[0]
+        consumes_last = x is self.last_output
+        if name == "conv2d":
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            stride = args[3] if len(args) > 3 else kwargs.get("stride", 1)
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            op = conv_op(group, 1, x.shape[1], weight.shape[0], weight.shape[-1], stride, groups,
+                         out.shape[-2], out.shape[-1], x.shape[-2], x.shape[-1])
+            walk_op, kind = WalkOp(op, in_size=(x.shape[-2], x.shape[-1])), "conv"
+        elif name in ("linear", "addmm", "mm", "matmul") and len(inputs) >= 2:
+            weight = inputs[1] if name != "addmm" else inputs[2]
+            k = weight.shape[-1] if name == "linear" else weight.shape[0]
+            n = weight.shape[0] if name == "linear" else weight.shape[-1]
+            rows = outputs[0].numel() // n
+            walk_op, kind = WalkOp(gemm_op(group, rows // max(1, x.shape[0]), k, n)), "gemm"
+        else:
+            elements = sum(t.numel() for t in inputs if t.dim() > 1 or t.numel() > 1024) + _numel(outputs)
+            per_sample = elements / max(1, x.shape[0]) * FLOAT_BYTES
+            activation = name in _ACTIVATIONS
+            norm = name == "batch_norm"
+            fusable = consumes_last and ((activation and self.last_kind in ("conv", "gemm", "norm", "epilogue"))
+                                         or (norm and self.last_kind in ("conv", "gemm")))
+            kind = "norm" if norm else "activation" if activation else (
+                "epilogue" if name.lstrip("_").rstrip("_").lstrip("i") in ("add", "mul", "sub") else "other")
+            op_kind = "epilogue" if kind == "epilogue" else "elementwise"
+            walk_op = WalkOp(Op(op_kind, f"{group}.{name}", 0.0, per_sample), fusable=fusable)
+        self.last_output, self.last_kind = outputs[0], kind
+        if not self.segments or self.segments[-1].block is not None or self.segments[-1].name != group:
+            self.segments.append(Segment(group))
+        self.segments[-1].ops.append(walk_op)
+
+
+def _input_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError(f"{type(model).__name__} has no Conv2d: cannot infer its input channels")
+
+
+@torch.no_grad()
+def walk_network(model: nn.Module, input_size: int = 224) -> NetworkWalk:
+    """Record the operators of ``model`` for ``input_size × input_size`` inputs (one forward
+    pass of one sample; dynamic blocks run static and are recorded by input shape only).
+    Train/eval flags, execution modes and block records are restored."""
+    if not (isinstance(input_size, int) and input_size > 0):
+        raise ValueError(f"input size must be a positive integer, got {input_size!r}")
+    blocks = [b for _, b in dynamic_blocks(model)]
+    saved = [(b, b.execution, b.last) for b in blocks]
+    training = [(m, m.training) for m in model.modules()]
+    input_shape = getattr(model, "input_shape", None)
+    param = next(model.parameters())
+    recorder = _Recorder(model)
+    try:
+        model.eval()
+        for block in blocks:
+            block.execution = "static"
+        x = torch.zeros(1, _input_channels(model), input_size, input_size, dtype=param.dtype, device=param.device)
+        with recorder:
+            model(x)
+    finally:
+        recorder.close()
+        for block, execution, last in saved:
+            block.execution, block.last = execution, last
+        for module, flag in training:
+            module.training = flag
+        if input_shape is not None:
+            model.input_shape = input_shape
+    return NetworkWalk(type(model).__name__, input_size, recorder.segments)
+
+
+# --------------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class BlockLatency:
+    """Predicted latency of one part of the network, for one batch, in milliseconds."""
+
+    name: str
+    kind: str              # "static" or the block's paradigm
+    rate: float | None     # activation rate priced (dynamic blocks)
+    compute_ms: float
+    memory_ms: float
+    overhead_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.compute_ms + self.memory_ms + self.overhead_ms
+
+
+@dataclass
+class LatencyReport:
+    """Predicted latency of one batch of a network on one device."""
+
+    model: str
+    hardware: str
+    title: str
+    kind: str
+    calibrated: bool
+    batch_size: int
+    input_size: int
+    method: str
+    execution: str
+    blocks: list[BlockLatency]
+
+    @property
+    def total_ms(self) -> float:
+        return sum(b.total_ms for b in self.blocks)
+
+    @property
+    def per_image_ms(self) -> float:
+        return self.total_ms / self.batch_size
+
+    @property
+    def note(self) -> str:
+        if self.calibrated:
+            return f"prediction for {self.title}, calibrated on this machine"
+        if self.kind == "gpu":
+            return (f"prediction for {self.title}: UNCALIBRATED (datasheet figures and assumed efficiencies; "
+                    "no GPU here to measure)")
+        return f"prediction for {self.title}: uncalibrated generic profile"
+
+    def breakdown(self) -> Cost:
+        return Cost(sum(b.compute_ms for b in self.blocks), sum(b.memory_ms for b in self.blocks),
+                    sum(b.overhead_ms for b in self.blocks))
+
+    def summary(self) -> str:
+        """A plain-text table of the blocks and the total."""
+        lines = [f"{self.model} on {self.hardware}, batch {self.batch_size}, {self.input_size}x{self.input_size}, "
+                 f"{self.execution} execution, {self.method} model",
+                 f"{'part':<28}{'kind':<15}{'rate':>6}{'compute':>10}{'memory':>10}{'overhead':>10}{'total ms':>10}"]
+        for b in self.blocks:
+            rate = "-" if b.rate is None else f"{b.rate:.2f}"
+            lines.append(f"{b.name[:27]:<28}{b.kind[:14]:<15}{rate:>6}{b.compute_ms:>10.3f}{b.memory_ms:>10.3f}"
+                         f"{b.overhead_ms:>10.3f}{b.total_ms:>10.3f}")
+        total = self.breakdown()
+        lines.append(f"{'total':<49}{total.compute_ms:>10.3f}{total.memory_ms:>10.3f}{total.overhead_ms:>10.3f}"
+                     f"{self.total_ms:>10.3f}")
+        lines.append(f"{self.total_ms:.3f} ms per batch, {self.per_image_ms:.4f} ms per image; {self.note}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "blocks"}
+        data.update(total_ms=self.total_ms, per_image_ms=self.per_image_ms, note=self.note,
+                    blocks=[dict(asdict(b), total_ms=b.total_ms) for b in self.blocks])
+        return data
+
+
+# --------------------------------------------------------------------------------- pricing
+def _check_rate(rate, where: str) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"activation rate {where} is {rate!r}; it must be a number in [0, 1]")
+    return float(rate)
+
+
+def resolve_rates(rates: Rates, names: list[str]) -> dict[str, float]:
+    """One activation rate per dynamic block: all 1 (``None``), one number for all, the batch
+    means of ``laudnet.stats(model)``, or a dict per block name (every block)."""
+    if rates is None:
+        return {n: 1.0 for n in names}
+    if isinstance(rates, NetworkStats):
+        rates = rates.mean_rates
+    if isinstance(rates, Mapping):
+        unknown = sorted(set(rates) - set(names))
+        missing = [n for n in names if n not in rates]
+        if unknown or missing:
+            raise ValueError(f"rates per block must name every dynamic block exactly; unknown {unknown[:5]}, "
+                             f"missing {missing[:5]}; blocks: {', '.join(names[:8])}{'...' if len(names) > 8 else ''}")
+        return {n: _check_rate(rates[n], f"of block {n}") for n in names}
+    rate = _check_rate(rates, "")
+    return {n: rate for n in names}
+
+
+def block_overhead_ms(hw: Hardware, block: DynamicBlock, execution: str) -> float:
+    """Fixed host-side cost of one dynamic block's forward (CPU: the Python code of the
+    sparse path around its operators; GPUs: hidden behind the kernel queue)."""
+    per_paradigm = hw.model.get("block_us", {}) if hw.kind == "cpu" else {}
+    config = block.config
+    if execution == "static" or config.paradigm == "none":
+        key = "none"
+    else:
+        key = "spatial" if config.spatial else "channel" if config.channel else "layer"
+    return per_paradigm.get(key, 0.0) * 1e-3
+
+
+def price_ops(ops: list[Op], hw: Hardware, fused: list[bool] | None = None, learned=None) -> Cost:
+    """Summed cost of operators with the analytic model or, if given, the learned one."""
+    if learned is not None:
+        return total_cost(learned.op_cost(op) for op in ops)
+    return plan_cost(ops, hw, fused)
+
+
+def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128, rates: Rates = None,
+                 method: str = "analytic", execution: str = "sparse") -> LatencyReport:
+    """Price a walked network (see :func:`predict_latency`)."""
+    hw = load_hardware(hardware)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution {execution!r} is unknown; allowed: {', '.join(EXECUTIONS)}")
+    learned = None
+    if method == "learned":
+        from .learned import LearnedPredictor
+        learned = LearnedPredictor.for_hardware(hw)
+    per_block = resolve_rates(rates, [s.name for s in walk.blocks])
+    parts = []
+    for segment in walk.segments:
+        if segment.block is None:
+            ops = [w.at(batch_size) for w in segment.ops]
+            cost = price_ops(ops, hw, [w.fusable for w in segment.ops], learned)
+            parts.append(BlockLatency(segment.name, "static", None, cost.compute_ms, cost.memory_ms, cost.overhead_ms))
+            continue
+        block, rate = segment.block, per_block[segment.name]
+        saved = block.execution
+        block.execution = "static" if execution == "static" else "sparse"
+        try:
+            ops = block.plan(segment.input_shape, batch_size, rate)
+        finally:
+            block.execution = saved
+        cost = price_ops(ops, hw, learned=learned) + Cost(overhead_ms=block_overhead_ms(hw, block, execution))
+        parts.append(BlockLatency(segment.name, block.config.paradigm if execution == "sparse" else "static",
+                                  None if execution == "static" else rate,
+                                  cost.compute_ms, cost.memory_ms, cost.overhead_ms))
+    return LatencyReport(walk.model_name, hw.name, hw.title, hw.kind, hw.calibrated, batch_size, walk.input_size,
+                         method, execution, parts)
+
+
+def predict_latency(model: nn.Module | NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128,
+                    input_size: int | None = None, rates: Rates = None, method: str = "analytic",
+                    execution: str = "sparse") -> LatencyReport:
+    """Predicted latency of one batch of ``model`` on ``hardware``.
+
+    ``model`` is a torchvision or laudnet network, for ``input_size`` inputs (default 224) (or a :class:`NetworkWalk` of one, to price
+    it several times without walking it again). ``rates`` are the activation rates of the
+    dynamic blocks: ``None`` (all 1), a number for every block, ``laudnet.stats(model)`` of a
+    real forward pass, or a dict per block name. ``execution="static"`` prices the dynamic
+    blocks without their gates. ``method="learned"`` prices operators with the gradient-boosted
+    predictor trained on the calibration measurements of the profile (``local`` only).
+    ``report.total_ms`` is the latency of one batch; ``report.blocks`` the breakdown.
+    """
+    if isinstance(model, NetworkWalk):
+        walk = model
+        if input_size is not None and input_size != walk.input_size:
+            raise ValueError(f"the walk was recorded at input size {walk.input_size}, not {input_size}")
+    else:
+        walk = walk_network(model, 224 if input_size is None else input_size)
+    return predict_walk(walk, hardware, batch_size, rates, method, execution)
+
+
+__all__ = ["BlockLatency", "LatencyReport", "NetworkWalk", "predict_latency", "predict_walk", "resolve_rates",
+           "walk_network"]
