@@ -269,6 +269,8 @@ class DynamicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         if self.execution == "static" or self.config.paradigm == "none":
             self._pending = (x.shape, x.device, None, None)
+            if self.execution == "sparse":  # a static stage, on the same kernels as the others
+                return self._add_rows(x, identity, self._rows(x, self._packed(), [None] * len(self._units))[0], None)
             return self._finish(identity + self.run_units(x))
         decision = self.decide(x)
         if self.execution == "masked":
@@ -534,8 +536,10 @@ class DynamicBlock(nn.Module):
     def _branch_samples(self, x: Tensor, samples: Tensor, convs: list[PackedConv],
                         scale_unit: tuple[int, Tensor] | None = None, channels: Tensor | None = None) -> Tensor:
         """The branch at every pixel of the ``samples`` of ``x``."""
-        if samples.numel() < x.shape[0]:
-            x = x.index_select(0, samples).contiguous(memory_format=torch.channels_last)
+        if samples.numel() < x.shape[0]:  # copy the samples' pixel rows (x is channels-last)
+            batch, channels_in, height, width = x.shape
+            picked = pixel_rows(x).view(batch, -1).index_select(0, samples)
+            x = from_rows(picked.view(-1, channels_in), samples.numel(), height, width)
         return self._rows(x, convs, [None] * len(convs), scale_unit, channels=channels)[0]
 
     def _sparse_layer(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
@@ -588,14 +592,29 @@ class DynamicBlock(nn.Module):
             conv = next(m for m in self.downsample.modules() if isinstance(m, nn.Conv2d))
             ops.append(conv_op("shortcut", batch, conv.in_channels, conv.out_channels, conv.kernel_size[0],
                                conv.stride[0], conv.groups, *sizes[-1], height, width))
+            pixels = batch * sizes[-1][0] * sizes[-1][1]
+            ops.append(memory_op("elementwise", "shortcut.norm", pixels * conv.out_channels,
+                                 shape=(pixels, conv.out_channels)))
+        every = [None] * len(self._units)
         if self.config.paradigm == "none" or self.execution == "static":
-            return ops + self._plan_units(batch, sizes, [None] * len(self._units)) + self._plan_epilogue(batch, sizes)
-        running = batch * (rate if self.config.layer else 1.0)
+            return ops + self._plan_units(batch, sizes, every) + self._plan_epilogue(batch, sizes)
         if self.config.spatial:
-            return ops + self._plan_spatial(batch, running / batch, sizes, rate)
+            return ops + self._plan_spatial(batch, rate if self.config.layer else 1.0, sizes, rate)
         if self.config.channel:
-            return ops + self._plan_channel(batch, running, sizes, rate)
-        return ops + self._plan_units(running, sizes, [None] * len(self._units)) + self._plan_epilogue(batch, sizes)
+            return ops + self._plan_channel(batch, rate if self.config.layer else 1.0, sizes, rate)
+        if batch == 1:  # the branch runs or not: expected costs
+            return ops + [Op(o.kind, o.name, o.macs, o.bytes, o.shape, o.count * rate)
+                          for o in self._plan_units(1, sizes, every) + self._plan_epilogue(1, sizes)] + [
+                Op(o.kind, o.name, o.macs, o.bytes, o.shape, o.count * (1 - rate))
+                for o in self._plan_epilogue(1, sizes, 0.0)]
+        running = batch * rate
+        return (ops + self._plan_pick_samples(running, input_shape) + self._plan_units(running, sizes, every)
+                + self._plan_epilogue(batch, sizes, running * sizes[-1][0] * sizes[-1][1], per_sample=True))
+
+    def _plan_pick_samples(self, samples: float, input_shape: tuple[int, int, int]) -> list[Op]:
+        """Copying the pixel rows of the samples whose branch runs."""
+        rows = samples * input_shape[1] * input_shape[2]
+        return [memory_op("gather", "samples", rows * input_shape[0], shape=(rows, 1, input_shape[0]))]
 
     def _plan_units(self, batch: float, sizes: list[tuple[int, int]], rows: list[float | None],
                     channels: int | None = None) -> list[Op]:
@@ -628,13 +647,23 @@ class DynamicBlock(nn.Module):
             source_full = unit_rows is None
         return ops
 
-    def _plan_epilogue(self, batch: float, sizes: list[tuple[int, int]], rows: float | None = None) -> list[Op]:
+    def _plan_epilogue(self, batch: float, sizes: list[tuple[int, int]], active: float | None = None,
+                       per_sample: bool = False) -> list[Op]:
+        """The residual add and activation, as :meth:`_add_rows` / :meth:`_add_samples` run
+        them: the branch adds to ``active`` pixel rows (``None``: all), per sample or per row."""
         out_c = self._units[-1].conv.out_channels
-        full = batch * sizes[-1][0] * sizes[-1][1] * out_c
-        sparse_rows = 0.0 if rows is None else 3 * rows * out_c
         pixels = batch * sizes[-1][0] * sizes[-1][1]
-        return [memory_op("epilogue", "residual", 1.5 * full + sparse_rows,
-                          shape=(pixels, out_c, pixels if rows is None else rows))]
+        owned = self.downsample is not None or self.reuse_input
+        clean = self.out_act is None or (self.downsample is None and self.reuse_input)
+        act = 0.0 if self.out_act is None else 1.0
+        if active is None:  # add (3 accesses per element) and activation (2), in place
+            accesses = (3 + 2 * act) * pixels * out_c
+        elif per_sample:  # clone unless owned, index_add per sample, activation over the map
+            accesses = ((0 if owned else 2) + 2 * act) * pixels * out_c + 3 * active * out_c
+        else:  # pick the rows, add, activate, copy back; the other rows: a copy or an activation
+            accesses = (0 if owned and clean else 2) * pixels * out_c + (7 + 2 * act) * active * out_c
+        shape = (pixels, out_c, pixels if active is None else active)
+        return [memory_op("epilogue", "residual", accesses / 2, shape=shape)]
 
     def _plan_spatial(self, batch: int, layer_rate: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
         units = self._units
@@ -652,29 +681,36 @@ class DynamicBlock(nn.Module):
         active = batch * layer_rate * expected_needed(axis_coverage(out_h, patch, [], out_h),
                                                       axis_coverage(out_w, patch, [], out_w), grid, rate)
         if active == 0:
-            return ops + self._plan_epilogue(batch, sizes)
+            return ops + self._plan_epilogue(batch, sizes, 0.0)
+        if active >= batch * out_h * out_w:
+            active = None
         return ops + self._plan_units(batch, sizes, rows) + self._plan_epilogue(batch, sizes, active)
 
-    def _plan_channel(self, batch: int, running: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
+    def _plan_channel(self, batch: int, layer_rate: float, sizes: list[tuple[int, int]], rate: float) -> list[Op]:
         groups = self.channel_masker.outputs
         keep = int(rate * groups + 0.5)
         channels = min(keep * self.channel_masker.granularity, self.inner_channels)
-        separate = 0 < keep < groups  # distinct masks: every running sample is its own group
-        runs = running if separate else min(1.0, running)
-        per_run = 1.0 if separate else running
-        if channels == 0:
-            return self._plan_epilogue(batch, sizes)
+        running = batch * layer_rate
+        if channels == 0 or running == 0:  # nothing runs (a zero-input response is not planned)
+            return self._plan_epilogue(batch, sizes, 0.0)
+        separate = keep < groups and batch > 1  # distinct masks: every running sample is its own run
+        runs, per_run = (running, 1.0) if separate else (1.0, running)
         fraction = channels / self.inner_channels
         units = self._units
-        copied = 0.0  # elements copied by PackedConv.sliced: input rows first, then output columns
+        copied = 0.0  # elements copied by PackedConv.sliced: output rows first, then input columns
         for i, unit in enumerate(units):
             sliced_in, sliced_out = i > 0, i < len(units) - 1
-            share = (fraction if sliced_in else 0.0) + (fraction ** (2 if sliced_in else 1) if sliced_out else 0.0)
+            share = (fraction if sliced_out else 0.0) + (fraction ** (2 if sliced_out else 1) if sliced_in else 0.0)
             copied += unit.conv.weight.numel() * share
         ops = [memory_op("slice", "weights", copied, count=runs)] if keep < groups else []
-        for op in self._plan_units(per_run, sizes, [None] * len(self._units), channels):
-            ops.append(Op(op.kind, op.name, op.macs, op.bytes, op.shape, op.count * runs))
-        return ops + self._plan_epilogue(batch, sizes)
+        if per_run < batch:
+            ops += [Op(o.kind, o.name, o.macs, o.bytes, o.shape, o.count * runs)
+                    for o in self._plan_pick_samples(per_run, (units[0].conv.in_channels, *sizes[0]))]
+        ops += [Op(o.kind, o.name, o.macs, o.bytes, o.shape, o.count * runs)
+                for o in self._plan_units(per_run, sizes, [None] * len(units), channels if keep < groups else None)]
+        if running >= batch and not separate:
+            return ops + self._plan_epilogue(batch, sizes)
+        return ops + self._plan_epilogue(batch, sizes, running * sizes[-1][0] * sizes[-1][1], per_sample=True)
 
     # ----------------------------------------------------------------- accounting
     def _shortcut_macs(self, out_size: tuple[int, int]) -> int:
