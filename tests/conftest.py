@@ -30,10 +30,11 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Run a test module on one intra-op thread. On the shared 2-core machines, OpenMP's
-    second thread waits for a busy core: small convolutions then take 10-100x longer."""
+    """Run the tests on one intra-op thread. On shared 2-core machines OpenMP's second
+    thread waits for a busy core and small convolutions take 10-100x longer; the tests
+    check results, not speed."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

