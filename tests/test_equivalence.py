@@ -33,10 +33,22 @@ def run(block, x, mode):
         return block(x)
 
 
+@pytest.fixture(params=["cpp", "pytorch"])
+def kernels(request):
+    """Run a test with the C++ sparse kernels and with the PyTorch ones (the fallback)."""
+    from laudnet.sparse import extension
+
+    if request.param == "cpp" and extension.extension() is None:
+        pytest.skip("C++ sparse kernels unavailable")
+    extension.set_enabled(request.param == "cpp")
+    yield request.param
+    extension.set_enabled(True)
+
+
 @pytest.mark.parametrize("block_type", [DynamicBasicBlock, DynamicBottleneck])
 @pytest.mark.parametrize("paradigm, granularity", SPECS)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_block_sparse_equals_masked_fixed_decisions(block_type, paradigm, granularity, stride):
+def test_block_sparse_equals_masked_fixed_decisions(block_type, paradigm, granularity, stride, kernels):
     size = (11, 9) if stride == 1 else (13, 15)
     block = make_block(block_type, stride, 8, 8, StageConfig(paradigm, granularity))
     for batch, rate in itertools.product((1, 5), (0.0, 0.3, 1.0)):
@@ -103,7 +115,7 @@ MIXED = "spatial-channel-layer+spatial-layer+channel"
     ("resnet50", "layer", None, 33),
     ("cifar_resnet20", "spatial-channel-layer+spatial", "4-2-3", 27),
 ])
-def test_network_sparse_equals_masked(name, paradigm, granularity, size):
+def test_network_sparse_equals_masked(name, paradigm, granularity, size, kernels):
     model = laudnet.create_model(name, paradigm=paradigm, granularity=granularity, num_classes=7,
                                  gate_scale=True, input_size=64)
     randomize_norms(model).eval()

@@ -76,3 +76,39 @@ def test_sliced_convolution_equals_the_masked_one(groups):
     if groups == 4:
         with pytest.raises(ValueError, match="whole groups"):
             PackedConv(conv, norm).sliced(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("block_type, stride", [("bottleneck", 1), ("bottleneck", 2), ("basic", 1), ("basic", 2)])
+@pytest.mark.parametrize("patch, rate", [(1, 0.3), (2, 0.5), (3, 0.9), (4, 1.0), (2, 0.0)])
+def test_cpp_rows_and_taps_equal_the_pytorch_ones(block_type, stride, patch, rate):
+    from laudnet.blocks import DynamicBasicBlock, DynamicBottleneck, FixedDecisions
+    from laudnet.blocks.base import DENSE_FRACTION
+    from laudnet.config import StageConfig
+    from laudnet.sparse.extension import extension
+
+    kernels = extension()
+    if kernels is None:
+        pytest.skip("C++ sparse kernels unavailable")
+    block_cls = DynamicBottleneck if block_type == "bottleneck" else DynamicBasicBlock
+    down = nn.Conv2d(16, 16 * block_cls.expansion, 1, stride) if stride == 2 or block_type == "bottleneck" else None
+    block = block_cls(16, 16 if block_type == "basic" else 4, stride, down, config=StageConfig("spatial", patch))
+    x = torch.randn(3, 16, 11, 9)
+    decision = FixedDecisions(rate, seed=4).decide(block, x)
+    sizes = block._sizes(11, 9)
+    _, rows = block.unit_masks(block._spatial_mask(decision, sizes[-1]), sizes, with_rows=True)
+    active, cpp_rows, cpp_taps = kernels.spatial_rows(decision.spatial, patch, block._geometry(11, 9), DENSE_FRACTION)
+    assert torch.equal(active, block._spatial_mask(decision, sizes[-1]).reshape(-1).nonzero().squeeze(1))
+    for i, (unit, mine, theirs, taps) in enumerate(zip(block.units(), rows, cpp_rows, cpp_taps)):
+        assert (mine is None) == (theirs is None)
+        if mine is None:
+            continue
+        assert torch.equal(mine, theirs)
+        conv = unit.conv
+        if conv.kernel_size[0] == 1 and conv.stride[0] == 1:
+            continue
+        table = neighbor_table(3, sizes[i], sizes[i + 1], conv.kernel_size[0], conv.stride[0], conv.padding[0], 1,
+                               x.device)
+        expected = table.index_select(0, mine)
+        if i > 0 and rows[i - 1] is not None:
+            expected = compact_index(rows[i - 1], 3 * sizes[i][0] * sizes[i][1])[expected]
+        assert torch.equal(taps, expected)

@@ -53,6 +53,7 @@ from ..config import StageConfig
 from ..flops import conv_macs, conv_output_size
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
 from ..sparse import expand_groups, samples_by_channels
+from ..sparse.extension import extension
 from ..sparse.packed import PackedConv, channels_last_weight, direct_convolution, pack_key
 from ..sparse.plan import (INDEX_OPS_PER_SPARSE_UNIT, Op, axis_coverage, conv_op, expected_needed, gemm_op,
                            memory_op)
@@ -359,6 +360,14 @@ class DynamicBlock(nn.Module):
             self._size_cache[key] = sizes
         return self._size_cache[key]
 
+    def _geometry(self, height: int, width: int) -> list[list[int]]:
+        """Per unit: kernel, stride, padding, input and output map sizes, and whether it
+        gathers taps (the C++ kernels' description of the branch)."""
+        sizes = self._sizes(height, width)
+        return [[u.conv.kernel_size[0], u.conv.stride[0], u.conv.padding[0], *sizes[i], *sizes[i + 1],
+                 int(not (u.conv.kernel_size[0] == 1 and u.conv.stride[0] == 1))]
+                for i, u in enumerate(self._units)]
+
     def unit_masks(self, out_mask: Tensor, sizes: list[tuple[int, int]],
                    with_rows: bool = False) -> tuple[list[Tensor], list[Tensor | None]]:
         """For each unit, the ``(B, H, W)`` 0/1 mask of the output pixels sparse execution
@@ -394,12 +403,15 @@ class DynamicBlock(nn.Module):
 
     def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
               scale_unit: tuple[int, Tensor] | None = None, active: Tensor | None = None,
-              channels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+              channels: Tensor | None = None, unit_taps: list[Tensor | None] | None = None,
+              ) -> tuple[Tensor, Tensor | None]:
         """Run the units on channels-last ``x``, each at its pixel rows (``None``: every
         pixel). Returns the last unit's output rows and their pixel indices (``None``:
         every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output per sample
         (every-pixel units only). Squeeze-excitation averages over the block's ``active``
-        output rows (``None``: all), with its weights restricted to ``channels`` if given."""
+        output rows (``None``: all), with its weights restricted to ``channels`` if given.
+        ``unit_taps`` may give the gathered taps of units on a subset of pixels, as the C++
+        kernels compute them."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
         source, source_rows, zero_row = pixel_rows(x), None, False
@@ -422,11 +434,13 @@ class DynamicBlock(nn.Module):
                 if spare:
                     out = torch.cat([out, out.new_zeros(1, out.shape[1])])
             else:
-                table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
-                                       conv.padding, conv.dilation, x.device)
-                taps = table if rows is None else table.index_select(0, rows)
-                if source_rows is not None:
-                    taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
+                taps = None if unit_taps is None else unit_taps[i]
+                if taps is None:
+                    table = neighbor_table(batch, sizes[i], sizes[i + 1], conv.kernel, conv.stride,
+                                           conv.padding, conv.dilation, x.device)
+                    taps = table if rows is None else table.index_select(0, rows)
+                    if source_rows is not None:
+                        taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
                 out = conv.rows(gather_taps(source, taps, zero_row), spare)
             h = out[:-1] if spare else out
             if unit.act is not None:
@@ -478,6 +492,10 @@ class DynamicBlock(nn.Module):
             if act is not None:
                 act(out, inplace=True)
             return from_rows(out, batch, height, width)
+        kernels = extension() if ident.device.type == "cpu" else None
+        if kernels is not None and act in (None, F.relu) and ident.dtype == h.dtype == torch.float32:
+            out = kernels.add_rows(ident, h.contiguous(), rows, act is F.relu, owned, clean)
+            return from_rows(out, batch, height, width)
         added = ident.index_select(0, rows).add_(h)
         if act is not None:
             act(added, inplace=True)
@@ -515,15 +533,22 @@ class DynamicBlock(nn.Module):
             return self._sparse_channel(x, identity, d), None
         return self._sparse_layer(x, identity, d), None
 
-    def _sparse_spatial(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list[Tensor]]:
+    def _sparse_spatial(self, x: Tensor, identity: Tensor, d: Decision) -> tuple[Tensor, list[Tensor] | None]:
         sizes = self._sizes(*x.shape[-2:])
-        out_mask = self._spatial_mask(d, sizes[-1])
-        masks, unit_rows = self.unit_masks(out_mask, sizes, with_rows=True)
-        rows = out_mask.reshape(-1).nonzero().squeeze(1)
+        kernels = extension() if x.device.type == "cpu" else None
+        if kernels is not None:  # the same rows and taps, in one call
+            coarse = d.spatial if d.layer is None else d.spatial * d.layer[:, None, None]
+            rows, unit_rows, unit_taps = kernels.spatial_rows(coarse, self.config.granularity,
+                                                              self._geometry(*sizes[0]), DENSE_FRACTION)
+            masks, total = None, x.shape[0] * sizes[-1][0] * sizes[-1][1]
+        else:
+            out_mask = self._spatial_mask(d, sizes[-1])
+            masks, unit_rows = self.unit_masks(out_mask, sizes, with_rows=True)
+            rows, unit_taps, total = out_mask.reshape(-1).nonzero().squeeze(1), None, out_mask.numel()
         if rows.numel() == 0:
             return self._add_samples(x, identity, []), masks
-        h, computed = self._rows(x, self._packed(), unit_rows, active=rows)
-        if rows.numel() == out_mask.numel():
+        h, computed = self._rows(x, self._packed(), unit_rows, active=rows, unit_taps=unit_taps)
+        if rows.numel() == total:
             rows = None
         elif computed is None:
             h = h.index_select(0, rows)
