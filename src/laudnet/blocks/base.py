@@ -590,8 +590,9 @@ class DynamicBlock(nn.Module):
                 h = self._zero_response().expand(samples.numel() * identity.shape[-2] * identity.shape[-1], -1)
             else:
                 every = channels.numel() == self.inner_channels
-                convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None)
-                                              for i, conv in enumerate(packed)]
+                group = self.channel_masker.granularity
+                convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None,
+                                                          group) for i, conv in enumerate(packed)]
                 scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
                 h = self._branch_samples(x, samples, convs, scale_unit, None if every else channels)
             if d.layer_scale is not None:

@@ -23,6 +23,18 @@ def direct_convolution(kernel: int, out_pixels: int, in_channels: int) -> bool:
     return kernel > 1 and out_pixels > in_channels
 
 
+def select_channels(tensor: Tensor, dim: int, channels: Tensor, group: int = 1) -> Tensor:
+    """``tensor.index_select(dim, channels)``, copying runs of ``group`` adjacent channels
+    at once when ``channels`` consists of whole groups of that size (fewer, longer copies)."""
+    size = tensor.shape[dim]
+    if group == 1 or size % group or channels.numel() % group:
+        return tensor.index_select(dim, channels)
+    shape = list(tensor.shape)
+    grouped = tensor.reshape(shape[:dim] + [size // group, group] + shape[dim + 1:])
+    picked = grouped.index_select(dim, channels.view(-1, group)[:, 0] // group)
+    return picked.reshape(shape[:dim] + [channels.numel()] + shape[dim + 1:])
+
+
 def channels_last_weight(conv: nn.Conv2d) -> Tensor:
     """``conv.weight`` in channels-last memory, re-laid in place (values unchanged) if needed."""
     weight = conv.weight
@@ -108,13 +120,15 @@ class PackedConv:
         out[m].zero_()
         return out
 
-    def sliced(self, in_channels: Tensor | None, out_channels: Tensor | None) -> "PackedConv":
+    def sliced(self, in_channels: Tensor | None, out_channels: Tensor | None, group: int = 1) -> "PackedConv":
         """The same convolution restricted to some input and/or output channels.
 
         Depthwise and grouped convolutions keep input and output channels together: a
         depthwise one takes ``out_channels`` for both; a grouped one must be given whole
         convolution groups. The weight rows of the active output channels are copied
-        (``index_select``), then, if inputs are sliced too, their active columns.
+        (``index_select``), then, if inputs are sliced too, their active columns; the
+        channels come in whole runs of ``group`` (the channel gate's granularity), copied
+        a run at a time.
         """
         part = object.__new__(PackedConv)
         part.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("weight", "matrix")})
@@ -141,9 +155,9 @@ class PackedConv:
             weight = weight.index_select(0, out_channels)
         else:
             if out_channels is not None:
-                weight = weight.index_select(0, out_channels)
+                weight = select_channels(weight, 0, out_channels, group)
             if in_channels is not None:
-                weight = weight.index_select(3, in_channels)
+                weight = select_channels(weight, 3, in_channels, group)
                 part.in_channels = in_channels.numel()
         part.__dict__["weight"] = weight.permute(0, 3, 1, 2)  # channels-last view
         return part
