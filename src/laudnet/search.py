@@ -41,7 +41,7 @@ from .blocks.base import DynamicBlock
 from .dynamic import dynamic_blocks
 from .flops import static_macs
 from .latency.hardware import load_hardware
-from .latency.predictor import _input_channels, predict_walk, walk_network
+from .latency.predictor import NetworkWalk, _input_channels, predict_walk, walk_network
 from .latency.table import BlockPricer
 from .models import create_model, list_models
 
@@ -209,9 +209,9 @@ class SearchSpace:
         self.arch, self.input_size = arch, input_size
         self.walk = walk_network(base, input_size)
         self.shapes = {s.name: s.input_shape for s in self.walk.blocks}
-        names = {id(block): name for name, block in dynamic_blocks(base)}
-        self.stage_blocks = [[names[id(m)] for m in stage.modules() if id(m) in names] for stage in base.stages()]
         blocks = dict(dynamic_blocks(base))
+        names = {id(block): name for name, block in blocks.items()}
+        self.stage_blocks = [[names[id(m)] for m in stage.modules() if id(m) in names] for stage in base.stages()]
         self.block_static = {name: block.static_macs(self.shapes[name]) for name, block in blocks.items()}
         self.static_macs = static_macs(base, (_input_channels(base), input_size, input_size))
         self.rest_macs = self.static_macs - sum(self.block_static.values())
@@ -234,6 +234,7 @@ class SearchSpace:
                                                                    input_size)))
         self._pricers: dict[tuple, BlockPricer] = {}
         self._static: dict[tuple, tuple[float, float, str]] = {}
+        self._reference: NetworkWalk | None = None
 
     def _pricer(self, hardware, batch_size: int) -> BlockPricer:
         hw = load_hardware(hardware)
@@ -255,9 +256,9 @@ class SearchSpace:
             self._static[key] = (rest, static, report.note)
         return self._static[key]
 
-    def _reference_walk(self):
+    def _reference_walk(self) -> NetworkWalk:
         """The walk of torchvision's static network of the same name, made once."""
-        if not hasattr(self, "_reference"):
+        if self._reference is None:
             try:
                 with torch.device("meta"):
                     reference = torchvision.models.get_model(self.arch, weights=None)
@@ -279,7 +280,10 @@ class SearchSpace:
         rate = target
         if budget == "flops":  # the rate whose MACs come closest to the budget (MACs grow with the rate)
             allowed = target * static
-            macs_at = lambda step: self.price(pricer, stage, option, step / FLOPS_RATE_STEPS)[1]  # noqa: E731
+
+            def macs_at(step: int) -> float:
+                return self.price(pricer, stage, option, step / FLOPS_RATE_STEPS)[1]
+
             if macs_at(0) > allowed * (1 + 1e-9):
                 return None
             low, high = 0, FLOPS_RATE_STEPS

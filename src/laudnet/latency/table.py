@@ -92,6 +92,7 @@ class LatencyTable:
         if rates.shape != (len(self.names),):
             raise ValueError(f"expected {len(self.names)} activation rates, one per gated block, "
                              f"got shape {tuple(rates.shape)}")
+        rates = rates.to(torch.promote_types(rates.dtype, torch.float32))  # not in bfloat16
         table = self.block_ms.to(rates.device, rates.dtype)
         steps = len(self.rates) - 1
         position = rates.clamp(0.0, 1.0) * steps
