@@ -112,6 +112,16 @@ def test_gpu_schedule_fuses_activations_and_folds_gathers():
     assert plan_cost([gather, gemm], hw).total_ms < op_cost(gather, hw).total_ms + op_cost(gemm, hw).total_ms
 
 
+def test_gpu_kernel_run_with_probability_costs_its_expectation():
+    """A count below 1 is the probability that the kernel runs (layer gates at batch 1):
+    launch included, it costs that share of one run."""
+    hw = load_hardware("jetson_tx2")
+    for op in (gemm_op("g", 196, 576, 64), memory_op("epilogue", "e", 1e4)):
+        once = op_cost(op, hw).total_ms
+        assert op_cost(dataclasses.replace(op, count=0.25), hw).total_ms == pytest.approx(0.25 * once)
+        assert op_cost(dataclasses.replace(op, count=0.0), hw).total_ms == 0
+
+
 def test_gpu_wave_quantisation():
     v100 = load_hardware("v100")
     hw = dataclasses.replace(v100, model=dict(v100.model, tiles=[[128, 128, 1.0]]))

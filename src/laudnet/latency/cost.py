@@ -49,7 +49,9 @@ inference engine that folds batch norms:
 - ``index``: one small kernel per operator, whatever its count; ``masker``: a pooling and a
   small GEMM kernel; ``epilogue``, unfused element-wise ops, pooling: one kernel each.
 - an operator repeated ``count`` times (e.g. per-sample runs of channel skipping) is one
-  batched kernel whose tiles are ``count`` times as many.
+  batched kernel whose tiles are ``count`` times as many. A ``count`` below 1 is an
+  expectation (the branch of a layer-skipping block at batch 1 runs with probability r):
+  the kernel's whole cost, launch included, times ``count``.
 - launches are asynchronous: a kernel costs ``max(work, launches × launch_us)``, so small
   batches are launch bound. Host-side Python overhead is hidden behind the GPU queue and
   not modelled, nor are the device-to-host synchronisations of data-dependent shapes.
@@ -58,7 +60,7 @@ inference engine that folds batch norms:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..sparse.plan import Op
 from .hardware import Hardware
@@ -295,7 +297,11 @@ def op_cost(op: Op, hw: Hardware, fused: bool = False, gathered: bool = False) -
     element-wise operator that consumes the output of the operator before it (an activation
     or a batch norm after a convolution), ``gathered`` a GEMM right after a gather: on GPUs
     the schedule fuses both."""
-    return _cpu_cost(op, hw) if hw.kind == "cpu" else _gpu_cost(op, hw, fused, gathered)
+    if hw.kind == "cpu":
+        return _cpu_cost(op, hw)
+    if op.count < 1:  # runs with probability ``count``
+        return _gpu_cost(replace(op, count=1.0), hw, fused, gathered) * op.count
+    return _gpu_cost(op, hw, fused, gathered)
 
 
 def plan_cost(ops: list[Op], hw: Hardware, fused: list[bool] | None = None) -> Cost:

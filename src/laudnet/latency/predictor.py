@@ -350,6 +350,20 @@ def price_ops(ops: list[Op], hw: Hardware, fused: list[bool] | None = None, lear
     return plan_cost(ops, hw, fused)
 
 
+def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hardware, batch_size: int,
+                rate: float, execution: str = "sparse", learned=None) -> tuple[Cost, list[Op]]:
+    """Predicted cost of one dynamic block on a batch of ``(C, H, W)`` inputs with every
+    gate at activation ``rate`` (its execution plan priced operator by operator, plus the
+    block's fixed host-side cost), and the plan."""
+    saved = block.execution
+    block.execution = "static" if execution == "static" else "sparse"
+    try:
+        ops = block.plan(input_shape, batch_size, rate)
+    finally:
+        block.execution = saved
+    return price_ops(ops, hw, learned=learned) + Cost(overhead_ms=block_overhead_ms(hw, block, execution)), ops
+
+
 def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128, rates: Rates = None,
                  method: str = "analytic", execution: str = "sparse") -> LatencyReport:
     """Price a walked network (see :func:`predict_latency`)."""
@@ -373,13 +387,7 @@ def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_siz
             parts.append(BlockLatency(segment.name, "static", None, cost.compute_ms, cost.memory_ms, cost.overhead_ms))
             continue
         block, rate = segment.block, per_block[segment.name]
-        saved = block.execution
-        block.execution = "static" if execution == "static" else "sparse"
-        try:
-            ops = block.plan(segment.input_shape, batch_size, rate)
-        finally:
-            block.execution = saved
-        cost = price_ops(ops, hw, learned=learned) + Cost(overhead_ms=block_overhead_ms(hw, block, execution))
+        cost, _ = price_block(block, segment.input_shape, hw, batch_size, rate, execution, learned)
         parts.append(BlockLatency(segment.name, block.config.paradigm if execution == "sparse" else "static",
                                   None if execution == "static" else rate,
                                   cost.compute_ms, cost.memory_ms, cost.overhead_ms))
@@ -409,5 +417,5 @@ def predict_latency(model: nn.Module | NetworkWalk, hardware: str | Hardware = "
     return predict_walk(walk, hardware, batch_size, rates, method, execution)
 
 
-__all__ = ["BlockLatency", "LatencyReport", "NetworkWalk", "predict_latency", "predict_walk", "resolve_rates",
-           "walk_network"]
+__all__ = ["BlockLatency", "LatencyReport", "NetworkWalk", "predict_latency", "predict_walk", "price_block",
+           "resolve_rates", "walk_network"]

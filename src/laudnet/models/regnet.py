@@ -123,8 +123,9 @@ def _regnet_y_builder(name: str):
     depth, w_0, w_a, w_m, group_width = REGNET_Y[name]
 
     def build(**kwargs) -> DynamicRegNet:
-        params = BlockParams.from_init_params(depth=depth, w_0=w_0, w_a=w_a, w_m=w_m, group_width=group_width,
-                                              se_ratio=0.25)
+        with torch.device("cpu"):  # the widths are computed with tensors: not on the meta device
+            params = BlockParams.from_init_params(depth=depth, w_0=w_0, w_a=w_a, w_m=w_m, group_width=group_width,
+                                                  se_ratio=0.25)
         return DynamicRegNet(params, **kwargs)
 
     build.__name__ = name

@@ -1,5 +1,5 @@
 """Training: losses, data, the training loop and distributed helpers."""
 
-from .losses import flops_budget_loss, rate_bounds
+from .losses import budget_loss, flops_budget_loss, latency_budget_loss, rate_bounds
 
-__all__ = ["flops_budget_loss", "rate_bounds"]
+__all__ = ["budget_loss", "flops_budget_loss", "latency_budget_loss", "rate_bounds"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..dynamic import dynamic_blocks, network_macs
+from ..latency.hardware import Hardware, load_hardware
+from ..latency.table import latency_table
 
 
 def rate_bounds(target: float, progress: float) -> tuple[float, float]:
@@ -18,6 +22,54 @@ def rate_bounds(target: float, progress: float) -> tuple[float, float]:
     """
     relax = min(max(progress, 0.0), 1.0)
     return target * (1.0 - relax), target + (1.0 - target) * relax
+
+
+def latency_budget_loss(model: nn.Module, budget_ms: float, hardware: str | Hardware, batch_size: int = 1,
+                        progress: float = 1.0) -> Tensor:
+    """Latency budget of the last forward pass: the FLOPs budget's recipe with the latency
+    the predictor gives for ``hardware`` in place of the FLOPs:
+
+    ``mean_i[relu(r_i - ub)^2 + relu(lb - r_i)^2] + ((T - budget_ms) / T_static)^2``
+
+    with ``T`` the predicted latency of one batch of ``batch_size`` images at the blocks'
+    batch-mean activation rates ``r_i``, each block's latency interpolated linearly in its
+    rate between predictions at a few rates (:func:`laudnet.latency.table.latency_table`,
+    built at the first call and cached on the model), ``T_static`` that of the network
+    without gates, and ``(lb, ub)`` :func:`rate_bounds` around the common rate at which the
+    predicted latency meets the budget. Differentiable through the straight-through
+    decisions of a masked, training-mode pass.
+    """
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
+        raise ValueError(f"latency budget must be a positive number of milliseconds, got {budget_ms!r}")
+    table = latency_table(model, hardware, batch_size)
+    lower, upper = rate_bounds(table.rate_for(budget_ms), progress)
+    blocks = dict(dynamic_blocks(model))
+    rates = torch.stack([blocks[name].last.rate.mean() for name in table.names])
+    bounds = (F.relu(rates - upper) ** 2 + F.relu(lower - rates) ** 2).mean()
+    return bounds + ((table.predict(rates) - budget_ms) / table.static_ms) ** 2
+
+
+def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
+                batch_size: int = 1) -> Callable[[nn.Module, float], Tensor]:
+    """The compute budget a training loop adds to its loss, as ``loss(model, progress)``:
+    :func:`flops_budget_loss` at the FLOPs ratio ``target``, or with ``budget_ms``,
+    :func:`latency_budget_loss` on ``hardware`` for batches of ``batch_size`` (the
+    ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``).
+    Bad settings are refused here, before training starts."""
+    if budget_ms is None:
+        if hardware is not None:
+            raise ValueError(f"hardware {hardware!r} is only used with a latency budget; give --budget-ms too")
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"FLOPs target must be in (0, 1], got {target}")
+        return lambda model, progress: flops_budget_loss(model, target, progress)
+    if hardware is None:
+        raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
+        raise ValueError(f"latency budget must be a positive number of milliseconds, got {budget_ms!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"latency budget batch size must be a positive integer, got {batch_size!r}")
+    hw = load_hardware(hardware)
+    return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
 
 
 def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0) -> Tensor:
