@@ -60,6 +60,10 @@ class Decision:
     layer: Tensor | None = None
     layer_scale: Tensor | None = None
 
+    def detach(self) -> "Decision":
+        """A copy cut from the autograd graph, for inspection after the forward pass."""
+        return Decision(**{k: None if v is None else v.detach() for k, v in self.__dict__.items()})
+
 
 @dataclass
 class BlockRecord:
@@ -130,6 +134,7 @@ class DynamicBlock(nn.Module):
         self.execution = "masked"
         self.fixed: FixedDecisions | None = None
         self.last: BlockRecord | None = None
+        self.last_decision: Decision | None = None  # detached, for inspection (mask overlays)
         self.inner_channels = inner_channels
         self.spatial_masker = (SpatialMasker(in_channels, config.granularity, stride)
                                if config.spatial else None)
@@ -168,14 +173,14 @@ class DynamicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         if self.execution == "static" or self.config.paradigm == "none":
             out = self._finish(identity + self.run_units(x))
-            self.last = self._record(x, None)
+            self.last, self.last_decision = self._record(x, None), None
             return out
         decision = self.decide(x)
         if self.execution == "masked":
             out = self._forward_masked(x, identity, decision)
         else:
             out = self._forward_sparse(x, identity, decision)
-        self.last = self._record(x, decision)
+        self.last, self.last_decision = self._record(x, decision), decision.detach()
         return out
 
     def _finish(self, out: Tensor) -> Tensor:
