@@ -11,13 +11,13 @@ from .dynamic import (NetworkStats, backbone_state_dict, clear_decisions, gate_p
 from .flops import static_macs
 from .gates import set_temperature, temperature_schedule
 from .models import convert, create_model, list_models
-from .train.losses import flops_budget_loss, rate_bounds
+from .train.losses import distillation_loss, flops_budget_loss, rate_bounds
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PARADIGMS", "NetworkStats", "StageConfig", "backbone_state_dict", "clear_decisions", "convert",
-    "create_model", "flops_budget_loss", "gate_parameters", "list_models", "load_backbone",
+    "create_model", "distillation_loss", "flops_budget_loss", "gate_parameters", "list_models", "load_backbone",
     "rate_bounds", "set_decisions", "set_execution", "set_temperature", "static_macs", "stats",
     "temperature_schedule",
 ]
