@@ -148,7 +148,7 @@ def run_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data=args.data, test_size=args.test_size,
                                  out_dir=args.out, execution=args.execution,
-                                 latency_batches=args.latency_batch, repeats=args.repeats)
+                                 latency_batches=args.latency_batch, repeats=args.repeats, progress=True)
     print(summary_markdown(result))
     print(f"wrote {result['json']} and eval.md")
 

@@ -112,13 +112,17 @@ def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float
 
 @torch.no_grad()
 def accumulate(model: nn.Module, loader, device: torch.device | str = "cpu",
-               boxes: Tensor | None = None) -> Totals:
+               boxes: Tensor | None = None, progress: bool = False) -> Totals:
     """Run ``model`` in eval mode (its current execution) over ``loader`` and sum what the
     figures need. ``boxes`` ``(N, 4)``, aligned with the loader's order, enables the
-    object-overlap counts."""
+    object-overlap counts; ``progress`` shows a progress bar."""
     model.eval()
     totals = Totals()
     seen = 0
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
@@ -163,7 +167,7 @@ def measure_latency(model: nn.Module, images: Tensor, repeats: int = 20, warmup:
 
 def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", batch_size: int = 100,
              latency_batches: Sequence[int] = (1, 32), repeats: int = 20,
-             device: torch.device | str = "cpu") -> dict:
+             device: torch.device | str = "cpu", progress: bool = False) -> dict:
     """Accuracy, activation rates, FLOPs, object overlap (datasets with boxes) and measured
     sparse-vs-dense latency of ``model`` on ``dataset``, as a JSON-ready dict.
 
@@ -180,7 +184,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", b
     if not static:
         set_execution(model, execution)
     boxes = torch.tensor([dataset.box(i) for i in range(len(dataset))]) if has_boxes(dataset) else None
-    totals = accumulate(model, eval_loader(dataset, batch_size), device, boxes)
+    totals = accumulate(model, eval_loader(dataset, batch_size), device, boxes, progress)
     result = {
         "execution": "static" if static else execution,
         "test_samples": int(totals.samples),

@@ -386,12 +386,13 @@ def train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, rank: int 
     """Shuffled training batches; each rank gets its own share of every epoch.
 
     The order depends only on ``seed`` and the epoch (``loader.sampler.set_epoch``), so a
-    resumed run sees the batches it would have seen. Incomplete last batches are dropped.
+    resumed run sees the batches it would have seen; workers are started anew each epoch,
+    seeded from the main process's generator (which the loop reseeds every epoch), so their
+    augmentations repeat too. Incomplete last batches are dropped.
     """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     drop_last = len(sampler) > batch_size
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=drop_last, persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1,

@@ -5,7 +5,8 @@ gates (:func:`flops_budget_loss`) and distillation from the static teacher
 (:func:`distillation_loss`, temperature 4). The Gumbel temperature anneals over the run;
 the learning rate warms up linearly, then follows a cosine; the gates have their own
 learning-rate multiplier and no weight decay. A *static* run (``TrainConfig.static``)
-trains the same network without gates: that is the teacher.
+trains the same network without gates: that is the teacher (and, given a teacher, the
+static reference that is fine-tuned exactly as the students are).
 
 A run lives in one directory: ``checkpoint.pt`` (written atomically after each epoch; it
 holds everything needed to resume or evaluate), ``epochs.csv`` and ``steps.csv`` logs and
@@ -188,7 +189,7 @@ class Trainer:
         self.context = context
         set_execution(self.net, "static" if config.static else "masked")
         self.teacher = None
-        if teacher is not None and config.distill_weight > 0 and not config.static:
+        if teacher is not None and config.distill_weight > 0:
             self.teacher = set_execution(teacher.to(context.device).eval(), "static").requires_grad_(False)
         self.model = wrap(self.net, context, find_unused_parameters=config.static and bool(gate_parameters(model)))
         self.optimizer = build_optimizer(self.net, config)
@@ -244,8 +245,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
-        """Top-1 accuracy and mean FLOPs ratio on ``loader`` (this rank's share), in eval
-        mode and the training execution (the gates decide deterministically)."""
+        """Top-1 accuracy and mean FLOPs ratio on ``loader`` (each rank evaluates its
+        share; the counts are summed), in eval mode and the training execution (the gates
+        decide deterministically)."""
         from ..evaluate import accumulate
 
         totals = accumulate(self.net, loader, self.context.device).reduce(self.context)
