@@ -120,3 +120,18 @@ def test_missing_cifar_and_imagefolder_say_what_is_expected(tmp_path):
         build_datasets("cifar10", tmp_path)
     with pytest.raises(FileNotFoundError, match="train.*ImageNet layout"):
         build_datasets("imagefolder", tmp_path)
+
+
+def test_imagefolder_tree(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 12), (40 * i, 100, 200)).save(tmp_path / split / name / f"{i}.png")
+    splits = build_datasets("imagefolder", tmp_path, image_size=8, test_size=3)
+    assert splits.info.classes == ("cat", "dog") and splits.info.in_channels == 3
+    assert len(splits.train) == 4 and len(splits.test) == 3
+    image, label = splits.test[2]
+    assert image.shape == (3, 8, 8) and label == 1

@@ -31,7 +31,7 @@ def test_a_few_steps_lower_the_loss(paradigm, granularity):
     teacher = make("none", None)
     student = make(paradigm, granularity)
     laudnet.load_backbone(student, laudnet.backbone_state_dict(teacher))
-    config = TrainConfig(epochs=1, lr=0.05, target=0.5, warmup_epochs=0, **QUIET)
+    config = TrainConfig(epochs=1, lr=0.05, target=0.5, budget_weight=5.0, bound_warmup=0.5, warmup_epochs=0, **QUIET)
     trainer = Trainer(student, config, steps_per_epoch=12, teacher=teacher)
     gates_before = [p.clone() for p in laudnet.gate_parameters(student)]
     steps = [trainer.step(images, labels) for _ in range(12)]

@@ -94,8 +94,10 @@ def write_report(evals: Sequence[str | Path | dict], out_dir: str | Path, *, exa
         body.append(_img(block_rates(results, out_dir / "block_rates.png"), "Per-block activation rate"))
     for index, result in enumerate(results):
         body.append(f"<h2>{html.escape(label(result))} — {html.escape(result.get('checkpoint', ''))}</h2>")
-        body.append(f"<p>{html.escape(result.get('paradigm', ''))}, granularity {html.escape(str(result.get('granularity')))}; "
-                    f"{result['test_samples']} test images, accuracy in {html.escape(result['execution'])} execution.</p>")
+        kind = ("static network (no gates)" if result.get("static_run") else
+                f"paradigm {result.get('paradigm')}, granularity {result.get('granularity')}")
+        body.append(f"<p>{html.escape(kind)}; {result['test_samples']} test images, accuracy in "
+                    f"{html.escape(result['execution'])} execution.</p>")
         body.append(_table(["block", "paradigm", "granularity", "activation rate", "MMACs", "static MMACs"],
                            [[b["name"], b["paradigm"], b["granularity"] or "-", f"{b['rate']:.3f}",
                              f"{b['macs'] / 1e6:.2f}", f"{b['static_macs'] / 1e6:.2f}"] for b in result["blocks"]]))

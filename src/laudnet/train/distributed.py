@@ -72,6 +72,14 @@ def all_reduce_sum(values: Tensor, context: Context) -> Tensor:
     return values
 
 
+def broadcast_buffers(model: nn.Module, context: Context) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics drift apart between ranks:
+    each updates them from its own batches), so that all ranks evaluate what rank 0 saves."""
+    if context.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(context: Context) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
     if context.distributed:

@@ -34,7 +34,7 @@ from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_e
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..models import create_model
 from .data import DataSplits, build_datasets, eval_loader, train_loader
-from .distributed import Context, all_reduce_sum, barrier, wrap
+from .distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
 from .losses import distillation_loss, flops_budget_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,8 +64,8 @@ class TrainConfig:
     gate_lr_mult: float = 1.0
     static: bool = False
     target: float = 0.5
-    budget_weight: float = 5.0
-    bound_warmup: float = 0.5
+    budget_weight: float = 20.0
+    bound_warmup: float = 0.1
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
     tau_schedule: str = "exponential"
@@ -250,6 +250,7 @@ class Trainer:
         decide deterministically)."""
         from ..evaluate import accumulate
 
+        broadcast_buffers(self.net, self.context)
         totals = accumulate(self.net, loader, self.context.device).reduce(self.context)
         return {"val_accuracy": totals.accuracy, "val_flops_ratio": totals.flops_ratio}
 
@@ -368,10 +369,8 @@ class RunLog:
 
 
 # --------------------------------------------------------------------- the run
-def load_teacher(spec: RunSpec, splits: DataSplits) -> tuple[nn.Module, RunSpec] | None:
+def load_teacher(spec: RunSpec, splits: DataSplits) -> tuple[nn.Module, RunSpec]:
     """The static teacher named by ``spec.teacher`` and its spec, checked against the data."""
-    if spec.teacher is None:
-        return None
     state = load_checkpoint(spec.teacher)
     if not state["config"]["static"]:
         raise ValueError(f"teacher {spec.teacher} is not a static run; train one with `laudnet train --static`")
