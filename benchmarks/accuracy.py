@@ -49,12 +49,18 @@ STUDENTS = {
 with small patches (a 7×7 patch of a BasicBlock costs 1.33× its dense share)."""
 
 
+GATE_SETTINGS = {"target", "budget_weight", "bound_warmup", "tau_schedule", "tau_start", "tau_end", "gate_lr_mult"}
+"""Settings a static run does not use."""
+
+
 def run(spec: RunSpec, config: TrainConfig, out_dir: Path) -> Path:
     """Train into ``out_dir``, reuse it if finished, resume it if interrupted."""
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        if state["spec"] != asdict(spec) or state["config"] != asdict(config):
+        ignored = GATE_SETTINGS if config.static else set()
+        same = all(state["config"].get(k) == v for k, v in asdict(config).items() if k not in ignored)
+        if state["spec"] != asdict(spec) or not same:
             raise SystemExit(f"{out_dir} holds a run with other settings; delete it or choose another --runs")
         if state["epoch"] >= config.epochs:
             print(f"reusing {checkpoint}", flush=True)
