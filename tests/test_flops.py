@@ -54,3 +54,21 @@ def test_stats_before_forward_and_on_static_models_fail_clearly():
         laudnet.stats(laudnet.create_model("cifar_resnet20"))
     with pytest.raises(ValueError, match="no dynamic blocks.*create_model"):
         laudnet.stats(torchvision.models.resnet18())
+
+
+def test_last_decision_keeps_the_masks_of_the_last_pass():
+    model = laudnet.create_model("cifar_resnet20", paradigm="spatial-channel-layer", granularity="2-4-1").eval()
+    laudnet.set_decisions(model, rate=0.5, seed=3)
+    with torch.no_grad():
+        model(torch.randn(3, 3, 32, 32))
+    spatial = model.layer1[0].last_decision.spatial
+    assert spatial.shape == (3, 16, 16) and not spatial.requires_grad
+    assert spatial.flatten(1).mean(1).tolist() == pytest.approx(model.layer1[0].last.rate.tolist())
+    assert model.layer2[0].last_decision.channel.shape == (3, 8)
+    assert model.layer3[0].last_decision.layer.shape == (3,)
+    laudnet.static_macs(model, (3, 32, 32))  # a static pass inside must not clear what we keep
+    assert torch.equal(model.layer1[0].last_decision.spatial, spatial)
+    laudnet.set_execution(model, "static")
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert model.layer1[0].last_decision is None

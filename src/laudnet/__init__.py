@@ -13,13 +13,13 @@ from .gates import set_temperature, temperature_schedule
 from .latency import predict_latency
 from .models import convert, create_model, list_models
 from .search import SearchResult, search
-from .train.losses import flops_budget_loss, latency_budget_loss, rate_bounds
+from .train.losses import distillation_loss, flops_budget_loss, latency_budget_loss, rate_bounds
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PARADIGMS", "NetworkStats", "SearchResult", "StageConfig", "backbone_state_dict", "clear_decisions", "convert",
-    "create_model", "flops_budget_loss", "gate_parameters", "latency_budget_loss", "list_models", "load_backbone",
-    "predict_latency", "rate_bounds", "search", "set_decisions", "set_execution", "set_temperature", "static_macs",
-    "stats", "temperature_schedule",
+    "create_model", "distillation_loss", "flops_budget_loss", "gate_parameters", "latency_budget_loss", "list_models",
+    "load_backbone", "predict_latency", "rate_bounds", "search", "set_decisions", "set_execution", "set_temperature",
+    "static_macs", "stats", "temperature_schedule",
 ]

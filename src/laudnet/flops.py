@@ -46,7 +46,7 @@ def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     inside_maskers = {id(sub) for m in model.modules() if isinstance(m, Masker) for sub in m.modules()}
     blocks = [m for m in model.modules() if isinstance(m, DynamicBlock)]
-    saved_blocks = [(b, b.execution, b.last) for b in blocks]
+    saved_blocks = [(b, b.execution, b.last, b.last_decision) for b in blocks]
     saved_training = [(m, m.training) for m in model.modules()]
     total = 0
 
@@ -69,8 +69,8 @@ def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-        for block, execution, last in saved_blocks:
-            block.execution, block.last = execution, last
+        for block, execution, last, decision in saved_blocks:
+            block.execution, block.last, block.last_decision = execution, last, decision
         for module, training in saved_training:
             module.training = training
     return total

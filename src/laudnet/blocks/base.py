@@ -108,6 +108,10 @@ class Decision:
     layer: Tensor | None = None
     layer_scale: Tensor | None = None
 
+    def detach(self) -> "Decision":
+        """A copy cut from the autograd graph, for inspection after the forward pass."""
+        return Decision(**{k: None if v is None else v.detach() for k, v in self.__dict__.items()})
+
 
 @dataclass
 class BlockRecord:
@@ -191,6 +195,7 @@ class DynamicBlock(nn.Module):
         self.fixed: FixedDecisions | None = None
         self._last: BlockRecord | None = None
         self._pending: tuple | None = None
+        self.last_decision: Decision | None = None  # detached, for inspection (mask overlays)
         self.inner_channels = inner_channels
         self._packed_cache: tuple[tuple, list[PackedConv]] | None = None
         self.spatial_masker = (SpatialMasker(in_channels, config.granularity, stride)
@@ -269,7 +274,7 @@ class DynamicBlock(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         identity = x if self.downsample is None else self.downsample(x)
         if self.execution == "static" or self.config.paradigm == "none":
-            self._pending = (x.shape, x.device, None, None)
+            self._pending, self.last_decision = (x.shape, x.device, None, None), None
             if self.execution == "sparse":  # a static stage, on the same kernels as the others
                 return self._add_rows(x, identity, self._rows(x, self._packed(), [None] * len(self._units))[0], None)
             return self._finish(identity + self.run_units(x))
@@ -278,7 +283,7 @@ class DynamicBlock(nn.Module):
             out, unit_masks = self._forward_masked(x, identity, decision), None
         else:
             out, unit_masks = self._forward_sparse(x, identity, decision)
-        self._pending = (x.shape, x.device, decision, unit_masks)
+        self._pending, self.last_decision = (x.shape, x.device, decision, unit_masks), decision.detach()
         return out
 
     @property

@@ -1,4 +1,4 @@
-"""Training losses: the compute budget of the gates."""
+"""Training losses: the compute budget of the gates and distillation from the static model."""
 
 from __future__ import annotations
 
@@ -89,3 +89,13 @@ def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0) ->
                          if block.config.paradigm != "none"])
     bounds = (F.relu(rates - upper) ** 2 + F.relu(lower - rates) ** 2).mean()
     return bounds + (dynamic.mean() / static - target) ** 2
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Knowledge distillation (Hinton et al.): ``T^2 * KL(softmax(t/T) || softmax(s/T))``,
+    batch mean. The ``T^2`` keeps its gradients on the scale of the cross-entropy."""
+    if not temperature > 0:
+        raise ValueError(f"distillation temperature must be positive, got {temperature}")
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature ** 2

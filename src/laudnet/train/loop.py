@@ -1,0 +1,480 @@
+"""The training loop: a static teacher first, then a dynamic student with a budget.
+
+One step minimises ``CE + λ × budget + α × KD``: cross-entropy, the FLOPs budget of the
+gates (:func:`flops_budget_loss`) and distillation from the static teacher
+(:func:`distillation_loss`, temperature 4). The Gumbel temperature anneals over the run;
+the learning rate warms up linearly, then follows a cosine; the gates have their own
+learning-rate multiplier and no weight decay. A *static* run (``TrainConfig.static``)
+trains the same network without gates: that is the teacher (and, given a teacher, the
+static reference that is fine-tuned exactly as the students are).
+
+A run lives in one directory: ``checkpoint.pt`` (written atomically after each epoch; it
+holds everything needed to resume or evaluate), ``epochs.csv`` and ``steps.csv`` logs and
+TensorBoard events. Each epoch reseeds every generator from ``(seed, epoch, rank)``, so a
+resumed run takes exactly the steps the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_execution, stats
+from ..gates import SCHEDULES, set_temperature, temperature_schedule
+from ..models import create_model
+from .data import DataSplits, build_datasets, eval_loader, train_loader
+from .distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
+from .losses import distillation_loss, flops_budget_loss
+
+CHECKPOINT = "checkpoint.pt"
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before applying that step."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train (defaults suit the small CIFAR-style ResNets).
+
+    ``target`` is the FLOPs ratio the budget aims at; ``bound_warmup`` the share of the run
+    over which the per-block rate bounds relax (:func:`laudnet.rate_bounds`).
+    ``budget_weight`` is λ and ``distill_weight`` α (used when there is a teacher).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    gate_lr_mult: float = 1.0
+    static: bool = False
+    target: float = 0.5
+    budget_weight: float = 20.0
+    bound_warmup: float = 0.1
+    distill_weight: float = 1.0
+    distill_temperature: float = 4.0
+    tau_schedule: str = "exponential"
+    tau_start: float = 5.0
+    tau_end: float = 0.1
+    clip_grad: float | None = 5.0
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 20
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        check(self.optimizer in OPTIMIZERS,
+              f"optimizer {self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight decay must be non-negative, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(self.warmup_epochs >= 0, f"warm-up epochs must be non-negative, got {self.warmup_epochs}")
+        check(self.gate_lr_mult > 0, f"gate learning-rate multiplier must be positive, got {self.gate_lr_mult}")
+        check(0 < self.target <= 1, f"FLOPs target must be in (0, 1], got {self.target}")
+        check(self.budget_weight >= 0, f"budget weight must be non-negative, got {self.budget_weight}")
+        check(0 <= self.bound_warmup <= 1, f"bound warm-up must be in [0, 1], got {self.bound_warmup}")
+        check(self.distill_weight >= 0, f"distillation weight must be non-negative, got {self.distill_weight}")
+        check(self.distill_temperature > 0,
+              f"distillation temperature must be positive, got {self.distill_temperature}")
+        check(self.tau_schedule in SCHEDULES,
+              f"temperature schedule {self.tau_schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        check(self.tau_start > 0 and self.tau_end > 0,
+              f"Gumbel temperatures must be positive, got {self.tau_start} and {self.tau_end}")
+        check(self.clip_grad is None or self.clip_grad > 0,
+              f"gradient clipping norm must be positive, got {self.clip_grad}")
+        check(self.log_every >= 1, f"log interval must be at least 1 step, got {self.log_every}")
+
+
+@dataclass
+class RunSpec:
+    """What a run trains: the model and the data, enough to rebuild both from a checkpoint.
+
+    ``teacher`` is the checkpoint of the static teacher (distillation, and the student's
+    initial weights when it has the same architecture).
+    """
+
+    model: str = "cifar_resnet20"
+    paradigm: str = "spatial"
+    granularity: str | None = None
+    gate_scale: bool = False
+    dataset: str = "cluttered"
+    data: str | None = None
+    image_size: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0
+    teacher: str | None = None
+
+    def datasets(self) -> DataSplits:
+        return build_datasets(self.dataset, self.data, image_size=self.image_size, train_size=self.train_size,
+                              test_size=self.test_size, seed=self.data_seed)
+
+    def build_model(self, splits: DataSplits | None = None) -> nn.Module:
+        info = (splits or self.datasets()).info
+        return create_model(self.model, paradigm=self.paradigm, granularity=self.granularity,
+                            gate_scale=self.gate_scale, num_classes=info.num_classes,
+                            in_channels=info.in_channels, input_size=info.image_size)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one epoch on one rank."""
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor of step ``s``: linear warm-up to 1, then a cosine to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; the gates in their own group (lr × ``gate_lr_mult``, no
+    weight decay). A static run leaves the gates out: they do not take part."""
+    gate_ids = {id(p) for p in gate_parameters(model)}
+    backbone = [p for p in model.parameters() if id(p) not in gate_ids]
+    groups = [{"params": backbone, "weight_decay": config.weight_decay, "lr": config.lr}]
+    if gate_ids and not config.static:
+        groups.append({"params": gate_parameters(model), "weight_decay": 0.0,
+                       "lr": config.lr * config.gate_lr_mult})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+class Trainer:
+    """One model's optimisation state and its training step.
+
+    ``model`` is the bare network (it is wrapped for distributed training here); the
+    ``teacher``, if any, runs in static execution without gradients.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
+                 teacher: nn.Module | None = None, context: Context = Context()) -> None:
+        self.net = model.to(context.device)
+        self.config = config
+        self.context = context
+        set_execution(self.net, "static" if config.static else "masked")
+        self.teacher = None
+        if teacher is not None and config.distill_weight > 0:
+            self.teacher = set_execution(teacher.to(context.device).eval(), "static").requires_grad_(False)
+        self.model = wrap(self.net, context, find_unused_parameters=config.static and bool(gate_parameters(model)))
+        self.optimizer = build_optimizer(self.net, config)
+        self.total_steps = config.epochs * steps_per_epoch
+        warmup = round(config.warmup_epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup))
+        self.tau = temperature_schedule(config.tau_schedule, config.tau_start, config.tau_end)
+        self.steps = 0
+
+    @property
+    def progress(self) -> float:
+        return self.steps / self.total_steps
+
+    def step(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """One optimisation step; returns the loss terms, batch accuracy and FLOPs ratio
+        (averaged over the ranks). Raises :class:`NonFiniteLossError` before applying a
+        step whose loss is not finite."""
+        config, device = self.config, self.context.device
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        self.model.train()
+        if not config.static:
+            set_temperature(self.net, self.tau(self.progress))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = self.model(images)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+        ce = F.cross_entropy(logits.float(), labels)
+        zero = ce.new_zeros(())
+        budget, kd, flops_ratio = zero, zero, ce.new_ones(())
+        if not config.static:
+            relax = self.progress / config.bound_warmup if config.bound_warmup > 0 else 1.0
+            budget = flops_budget_loss(self.net, config.target, progress=relax)
+            flops_ratio = ce.new_tensor(stats(self.net).flops_ratio)
+        if teacher_logits is not None:
+            kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+        loss = ce + config.budget_weight * budget + config.distill_weight * kd
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        values = torch.stack([loss, ce, budget, kd, accuracy, flops_ratio]).detach().float()
+        values = all_reduce_sum(values, self.context) / self.context.world_size
+        if not torch.isfinite(values[0]):
+            raise NonFiniteLossError(f"loss is {float(values[0])} at step {self.steps + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.net.parameters(), config.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps += 1
+        names = ("loss", "ce", "budget", "kd", "accuracy", "flops_ratio")
+        return dict(zip(names, values.tolist()))
+
+    @torch.no_grad()
+    def validate(self, loader) -> dict[str, float]:
+        """Top-1 accuracy and mean FLOPs ratio on ``loader`` (each rank evaluates its
+        share; the counts are summed), in eval mode and the training execution (the gates
+        decide deterministically)."""
+        from ..evaluate import accumulate
+
+        broadcast_buffers(self.net, self.context)
+        totals = accumulate(self.net, loader, self.context.device).reduce(self.context)
+        return {"val_accuracy": totals.accuracy, "val_flops_ratio": totals.flops_ratio}
+
+    def state_dict(self) -> dict:
+        return {"state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = state["step"]
+
+
+# --------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` atomically: to a temporary file, then renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`train` (a run directory works too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file; torch's message spans many lines
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
+                         "checkpoints are written by `laudnet train`") from None
+    if not isinstance(state, dict) or "spec" not in state or "state_dict" not in state:
+        raise ValueError(f"{path} is not a laudnet training checkpoint")
+    state["path"] = str(path)
+    return state
+
+
+def model_from_checkpoint(checkpoint: str | Path | dict, splits: DataSplits | None = None) -> nn.Module:
+    """The trained model of a checkpoint, in eval mode and the execution it was trained in
+    (``static`` for a teacher, else ``masked``)."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    spec = RunSpec(**state["spec"])
+    model = spec.build_model(splits)
+    model.load_state_dict(state["state_dict"])
+    return set_execution(model.eval(), "static" if state["config"]["static"] else "masked")
+
+
+# --------------------------------------------------------------------- logs
+class RunLog:
+    """``steps.csv``, ``epochs.csv`` and TensorBoard events of a run (rank 0 only)."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, enabled: bool, resume_step: int,
+                 history: list[dict]) -> None:
+        self.enabled = enabled
+        self.out_dir = out_dir
+        self.writer = None
+        if not enabled:
+            return
+        steps_csv = out_dir / "steps.csv"
+        kept = []
+        if resume_step and steps_csv.exists():  # drop what a crashed run logged after the checkpoint
+            with open(steps_csv, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        self._rewrite(steps_csv, kept)
+        self._rewrite(out_dir / "epochs.csv", history)
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step or None)
+
+    @staticmethod
+    def _rewrite(path: Path, rows: list[dict]) -> None:
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @staticmethod
+    def _append(path: Path, row: dict) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def step(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self._append(self.out_dir / "steps.csv", row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+
+    def epoch(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self._append(self.out_dir / "epochs.csv", row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"epoch/{key}", value, row["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------- the run
+def load_teacher(spec: RunSpec, splits: DataSplits) -> tuple[nn.Module, RunSpec]:
+    """The static teacher named by ``spec.teacher`` and its spec, checked against the data."""
+    state = load_checkpoint(spec.teacher)
+    if not state["config"]["static"]:
+        raise ValueError(f"teacher {spec.teacher} is not a static run; train one with `laudnet train --static`")
+    teacher_spec = RunSpec(**state["spec"])
+    if teacher_spec.dataset != spec.dataset:
+        raise ValueError(f"teacher {spec.teacher} was trained on {teacher_spec.dataset}, not {spec.dataset}")
+    return model_from_checkpoint(state, splits), teacher_spec
+
+
+def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          context: Context = Context(), workers: int = 0) -> Path:
+    """Train ``spec`` with ``config`` into ``out_dir``; return the checkpoint's path.
+
+    The student starts from the teacher's weights when both have the same architecture.
+    With ``resume``, the run continues from ``out_dir/checkpoint.pt``, whose spec and
+    config must be those given. A non-finite loss stops the run with
+    :class:`NonFiniteLossError`, leaving the last checkpoint as it was.
+    """
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    previous = None
+    if resume:
+        previous = load_checkpoint(checkpoint_path)
+        for name, given, stored in (("spec", asdict(spec), previous["spec"]), ("config", asdict(config), previous["config"])):
+            changed = sorted(k for k in given if given[k] != stored.get(k))
+            if changed:
+                raise ValueError(f"cannot resume {checkpoint_path}: its {name} differs in {', '.join(changed)}")
+    elif checkpoint_path.exists():
+        raise ValueError(f"{checkpoint_path} exists; pass --resume to continue that run or choose another --out")
+    if context.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(config.seed)
+    splits = spec.datasets()
+    model = spec.build_model(splits)
+    teacher = None
+    if spec.teacher is not None:
+        teacher, teacher_spec = load_teacher(spec, splits)
+        if previous is None and teacher_spec.model == spec.model:
+            load_backbone(model, backbone_state_dict(teacher))
+    loader = train_loader(splits.train, config.batch_size, seed=config.seed, rank=context.rank,
+                          world_size=context.world_size, workers=workers)
+    val = eval_loader(splits.test, config.batch_size, rank=context.rank, world_size=context.world_size,
+                      workers=workers)
+    trainer = Trainer(model, config, len(loader), teacher, context)
+    history: list[dict] = []
+    start_epoch = 0
+    if previous is not None:
+        trainer.load_state_dict(previous)
+        history, start_epoch = previous["history"], previous["epoch"]
+    log = RunLog(out_dir, config, context.is_main, trainer.steps, history)
+    state = {"spec": asdict(spec), "config": asdict(config), "world_size": context.world_size}
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            seed_everything(epoch_seed(config.seed, epoch, context.rank))
+            loader.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            bar = _progress(loader, config, context, f"epoch {epoch + 1}/{config.epochs}")
+            for images, labels in bar:
+                try:
+                    metrics = trainer.step(images, labels)
+                except NonFiniteLossError as error:
+                    last = (f"the last good checkpoint is {checkpoint_path} (epoch {epoch})" if epoch > 0
+                            else "no checkpoint was written yet")
+                    raise NonFiniteLossError(f"training stopped in epoch {epoch + 1}: {error}; {last}. "
+                                             "Lower --lr or set --clip-grad") from None
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                if trainer.steps % config.log_every == 0:
+                    row = {"step": trainer.steps, "epoch": epoch + 1, "lr": trainer.scheduler.get_last_lr()[0],
+                           "tau": trainer.tau(trainer.progress), **metrics}
+                    log.step(row)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                                        flops=f"{metrics['flops_ratio']:.2f}")
+            count = max(1, len(loader))
+            row = {"epoch": epoch + 1, "step": trainer.steps, **{k: v / count for k, v in sums.items()},
+                   **trainer.validate(val), "seconds": time.perf_counter() - started}
+            history.append(row)
+            if context.is_main:
+                log.epoch(row)
+                save_checkpoint(checkpoint_path, {**state, **trainer.state_dict(), "epoch": epoch + 1,
+                                                  "history": history})
+                if config.progress_bar:
+                    print(f"epoch {epoch + 1}: train loss {row['loss']:.3f}, val accuracy "
+                          f"{row['val_accuracy']:.4f}, FLOPs ratio {row['val_flops_ratio']:.3f}", flush=True)
+            barrier(context)
+    finally:
+        log.close()
+    return checkpoint_path
+
+
+def resume(out_dir: str | Path, context: Context = Context(), workers: int = 0) -> Path:
+    """Continue the run in ``out_dir`` with the spec and config stored in its checkpoint."""
+    state = load_checkpoint(Path(out_dir) / CHECKPOINT)
+    config_names = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in config_names})
+    return train(RunSpec(**state["spec"]), config, out_dir, resume=True, context=context, workers=workers)
+
+
+def _progress(loader, config: TrainConfig, context: Context, description: str):
+    if not (config.progress_bar and context.is_main):
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
