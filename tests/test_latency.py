@@ -16,7 +16,7 @@ import torchvision
 import laudnet
 from laudnet.dynamic import dynamic_blocks
 from laudnet.latency import calibrate as cal
-from laudnet.latency.__main__ import main
+from laudnet.cli import main
 from laudnet.latency.cost import Cost, op_cost, plan_cost
 from laudnet.latency.hardware import list_hardware, load_hardware, save_hardware
 from laudnet.latency.learned import LearnedPredictor

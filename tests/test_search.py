@@ -13,7 +13,7 @@ from laudnet.latency.hardware import load_hardware, save_hardware
 from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.table import BlockPricer, latency_table
 from laudnet.search import SearchSpace, channel_candidates, spatial_candidates
-from laudnet.search_command import add_budget_arguments, budget_from_args, main
+from laudnet.cli import main
 from laudnet.train.losses import budget_loss, latency_budget_loss
 
 
@@ -214,9 +214,7 @@ def test_latency_budget_loss_is_differentiable_and_gate_training_lowers_latency(
     assert sum(predicted[-3:]) / 3 < predicted[0] - 0.3 * (predicted[0] - budget), predicted
 
 
-def test_budget_loss_factory_and_train_options():
-    import argparse
-
+def test_budget_loss_factory_and_train_options(capsys, tmp_path):
     model = laudnet.create_model("cifar_resnet20", paradigm="layer").train()
     model(torch.randn(2, 3, 32, 32))
     flops = budget_loss(target=0.5)
@@ -226,12 +224,6 @@ def test_budget_loss_factory_and_train_options():
     assert float(latency(model, 1.0).detach()) == pytest.approx(
         float(latency_budget_loss(model, budget, "x86_avx2", 1, 1.0).detach()))
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target", type=float, default=0.5)
-    add_budget_arguments(parser.add_argument_group("budget"))
-    args = parser.parse_args(["--budget-ms", "1.5", "--hardware", "x86_avx2", "--budget-batch-size", "2"])
-    assert (args.budget_ms, args.hardware, args.budget_batch_size) == (1.5, "x86_avx2", 2)
-    assert callable(budget_from_args(args))
     for settings, message in [(dict(budget_ms=5.0), "give --hardware NAME"),
                               (dict(hardware="v100"), "give --budget-ms too"),
                               (dict(budget_ms=-1.0, hardware="v100"), "positive number of milliseconds"),
@@ -242,3 +234,9 @@ def test_budget_loss_factory_and_train_options():
             budget_loss(**settings)
     with pytest.raises(ValueError, match="below the"):
         latency_budget_loss(model, 1e-6, "x86_avx2", 1)
+    for argv, message in [(["--budget-ms", "5", "--hardware", "p100"], "unknown hardware 'p100'"),
+                          (["--hardware", "v100"], "give --budget-ms too"),
+                          (["--budget-ms", "5", "--hardware", "v100", "--budget-batch-size", "0"], "batch size")]:
+        assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err

@@ -10,9 +10,13 @@ print ``laudnet: error: <message>`` and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 import sys
 from typing import Callable, Sequence
 
+from .latency.commands import add_parsers as add_latency_commands
+from .search_command import add_parser as add_search
 from .train.data import DATASETS
 from .train.loop import TrainConfig
 
@@ -53,6 +57,12 @@ def add_train(subparsers) -> None:
     gates.add_argument("--static", action="store_true", help="train without gates (the teacher)")
     gates.add_argument("--teacher", metavar="CKPT", help="static teacher checkpoint (distillation and initial weights)")
     gates.add_argument("--target", type=float, default=DEFAULTS.target, help="FLOPs ratio target (default: %(default)s)")
+    gates.add_argument("--budget-ms", type=float, default=None,
+                       help="train against this predicted latency per batch instead of --target (needs --hardware)")
+    gates.add_argument("--hardware", default=None,
+                       help="device whose predicted latency --budget-ms bounds (see `laudnet hardware list`)")
+    gates.add_argument("--budget-batch-size", type=int, default=DEFAULTS.budget_batch_size,
+                       help="batch size the latency budget is for (default: %(default)s)")
     gates.add_argument("--budget-weight", type=float, default=DEFAULTS.budget_weight, help="λ (default: %(default)s)")
     gates.add_argument("--bound-warmup", type=float, default=DEFAULTS.bound_warmup,
                        help="share of the run over which per-block rate bounds relax (default: %(default)s)")
@@ -109,6 +119,7 @@ def run_train(args: argparse.Namespace) -> None:
                 epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                 momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                 gate_lr_mult=args.gate_lr_mult, static=args.static, target=args.target,
+                budget_ms=args.budget_ms, hardware=args.hardware, budget_batch_size=args.budget_batch_size,
                 budget_weight=args.budget_weight, bound_warmup=args.bound_warmup,
                 distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
                 tau_schedule=args.tau_schedule, tau_start=args.tau_start, tau_end=args.tau_end,
@@ -198,7 +209,36 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------- main
-SUBCOMMANDS: list[Callable] = [add_demo, add_train, add_eval, add_report]
+def add_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure sparse against dense execution on this machine",
+        description="Sparse against dense wall-clock speed of ResNet-50 blocks (every stage, stride, paradigm, "
+                    "granularity, rate and batch) and of whole ResNet-50/101, interleaved in one process; writes "
+                    "CSV, JSON and markdown tables (median speedup with its interquartile range, efficiency = "
+                    "speedup x activation rate).")
+    p.add_argument("--out", default="laudnet-bench", metavar="DIR", help="where the tables go (default: %(default)s)")
+    p.add_argument("--suite", default="all", choices=["all", "blocks", "networks"])
+    p.add_argument("--quick", action="store_true", help="fewer configurations and repeats (a few minutes)")
+    p.add_argument("--batch", type=_positive_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from .latency.bench import run_suite
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    for name, path in run_suite(Path(args.out), args.suite, args.quick, args.batch).items():
+        print(f"{name}: {path}")
+
+
+SUBCOMMANDS: list[Callable] = [add_demo, add_train, add_eval, add_report, add_bench, add_latency_commands,
+                               add_search]
 """Functions that each add one subcommand; extend this list to add one."""
 
 
@@ -230,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("laudnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

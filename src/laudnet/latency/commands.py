@@ -5,8 +5,8 @@
 - ``latency calibrate`` / ``latency validate``: fit the ``local`` profile to this CPU and
   check the predictor against measurements of held-out blocks.
 
-``add_parsers(subparsers)`` registers them; each sets ``func``; :func:`run` calls it and
-turns bad input (``ValueError``) into a one-line message and exit code 2.
+``add_parsers(subparsers)`` registers them; each sets ``run``, which ``laudnet.cli.main``
+calls, turning bad input (``ValueError``) into a one-line message and exit code 2.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``hardware``, ``predict`` and ``latency`` commands."""
     hardware = subparsers.add_parser("hardware", help="list or show hardware profiles")
     hardware_commands = hardware.add_subparsers(dest="hardware_command", metavar="{list,show}", required=True)
-    hardware_commands.add_parser("list", help="the known profiles").set_defaults(func=hardware_list)
+    hardware_commands.add_parser("list", help="the known profiles").set_defaults(run=hardware_list)
     show = hardware_commands.add_parser("show", help="one profile with its sources")
     show.add_argument("name", help="profile name (see `hardware list`) or path to a JSON profile")
-    show.set_defaults(func=hardware_show)
+    show.set_defaults(run=hardware_show)
 
     predict = subparsers.add_parser("predict", help="predict the latency of a network on a device")
     predict.add_argument("--arch", default="resnet50",
@@ -62,7 +62,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--method", choices=("analytic", "learned"), default="analytic")
     predict.add_argument("--execution", choices=("sparse", "static"), default="sparse")
     predict.add_argument("--json", action="store_true", help="print the report as JSON")
-    predict.set_defaults(func=predict_command)
+    predict.set_defaults(run=predict_command)
 
     latency = subparsers.add_parser("latency", help="calibrate and validate the predictor on this CPU")
     latency_commands = latency.add_subparsers(dest="latency_command", metavar="{calibrate,validate}", required=True)
@@ -75,7 +75,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--statistic", choices=("median", "min"), default="median")
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
-    calibrate.set_defaults(func=calibrate_command)
+    calibrate.set_defaults(run=calibrate_command)
     validate = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
     validate.add_argument("--n", type=_positive, default=60, help="number of block configurations")
     validate.add_argument("--seed", type=int, default=1)
@@ -87,16 +87,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--paradigms", default=None,
                           help="comma-separated paradigms to validate (default: all), e.g. spatial,layer+spatial")
     validate.add_argument("--out", type=Path, default=Path("latency-validation"))
-    validate.set_defaults(func=validate_command)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command of ``args``; bad input gives a one-line message and exit code 2."""
-    try:
-        return args.func(args) or 0
-    except ValueError as error:
-        print(f"laudnet: error: {error}", file=sys.stderr)
-        return 2
+    validate.set_defaults(run=validate_command)
 
 
 # --------------------------------------------------------------------------------- commands

@@ -35,7 +35,7 @@ from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..models import create_model
 from .data import DataSplits, build_datasets, eval_loader, train_loader
 from .distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
-from .losses import distillation_loss, flops_budget_loss
+from .losses import budget_loss, distillation_loss
 
 CHECKPOINT = "checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
@@ -64,6 +64,9 @@ class TrainConfig:
     gate_lr_mult: float = 1.0
     static: bool = False
     target: float = 0.5
+    budget_ms: float | None = None
+    hardware: str | None = None
+    budget_batch_size: int = 1
     budget_weight: float = 20.0
     bound_warmup: float = 0.1
     distill_weight: float = 1.0
@@ -105,6 +108,8 @@ class TrainConfig:
         check(self.clip_grad is None or self.clip_grad > 0,
               f"gradient clipping norm must be positive, got {self.clip_grad}")
         check(self.log_every >= 1, f"log interval must be at least 1 step, got {self.log_every}")
+        if not self.static:  # refuses bad latency-budget settings before training starts
+            budget_loss(self.target, self.budget_ms, self.hardware, self.budget_batch_size)
 
 
 @dataclass
@@ -185,6 +190,8 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
                  teacher: nn.Module | None = None, context: Context = Context()) -> None:
         self.net = model.to(context.device)
+        self.budget = None if config.static else budget_loss(config.target, config.budget_ms, config.hardware,
+                                                             config.budget_batch_size)
         self.config = config
         self.context = context
         set_execution(self.net, "static" if config.static else "masked")
@@ -223,7 +230,7 @@ class Trainer:
         budget, kd, flops_ratio = zero, zero, ce.new_ones(())
         if not config.static:
             relax = self.progress / config.bound_warmup if config.bound_warmup > 0 else 1.0
-            budget = flops_budget_loss(self.net, config.target, progress=relax)
+            budget = self.budget(self.net, relax)
             flops_ratio = ce.new_tensor(stats(self.net).flops_ratio)
         if teacher_logits is not None:
             kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
