@@ -424,7 +424,7 @@ class DynamicBlock(nn.Module):
             source = source.index_select(1, convs[0].input_index)
         gathers = [not (conv.kernel == 1 and conv.stride == 1) and not (
             rows is None and (i == 0 or unit_rows[i - 1] is None)
-            and direct_convolution(conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels))
+            and direct_convolution(conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels, conv.groups))
             for i, (conv, rows) in enumerate(zip(convs, unit_rows))]
         for i, (unit, conv, rows) in enumerate(zip(self._units, convs, unit_rows)):
             spare = i + 1 < len(convs) and gathers[i + 1]  # keep a zero row for the next unit's padding
@@ -661,7 +661,7 @@ class DynamicBlock(nn.Module):
             groups = conv.groups if conv.groups == 1 or channels is None else max(1, conv.groups * c_out // conv.out_channels)
             kernel, (out_h, out_w) = conv.kernel_size[0], sizes[i + 1]
             count = batch * out_h * out_w if unit_rows is None else unit_rows
-            if unit_rows is None and source_full and direct_convolution(kernel, batch * out_h * out_w, c_in):
+            if unit_rows is None and source_full and direct_convolution(kernel, batch * out_h * out_w, c_in, groups):
                 ops.append(conv_op(f"unit{i}", batch, c_in, c_out, kernel, conv.stride[0], groups, out_h, out_w,
                                    *sizes[i]))
             else:

@@ -183,13 +183,21 @@ def block_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[di
     return configs
 
 
-NETWORK_SPECS = [("spatial", "4-4-2-1"), ("spatial", "8-4-2-2"), ("channel", "4"), ("layer", None)]
+NETWORK_SPECS = {
+    "resnet": [("spatial", "4-4-2-1"), ("spatial", "8-4-2-2"), ("channel", "4"), ("layer", None)],
+    # the models' default granularities (see laudnet.models.regnet / .mobilenet)
+    "other": [("spatial", None), ("channel", None), ("layer", None)],
+}
 
 
 def network_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[dict]:
-    archs = ("resnet50",) if quick else ("resnet50", "resnet101")
+    """ResNet-50 (quick) or ResNet-50/101, RegNetY-400MF and MobileNetV2, as keyword
+    arguments of :func:`bench_network`."""
+    archs = ("resnet50",) if quick else ("resnet50", "resnet101", "regnet_y_400mf", "mobilenet_v2")
     return [dict(arch=arch, paradigm=p, granularity=g, rate=rate, batch=batch)
-            for arch in archs for (p, g), rate, batch in itertools.product(NETWORK_SPECS, RATES, batches)]
+            for arch in archs
+            for (p, g), rate, batch in itertools.product(NETWORK_SPECS["resnet" if arch.startswith("resnet") else "other"],
+                                                         RATES, batches)]
 
 
 def machine_description() -> str:

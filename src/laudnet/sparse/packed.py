@@ -16,11 +16,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-def direct_convolution(kernel: int, out_pixels: int, in_channels: int) -> bool:
+def direct_convolution(kernel: int, out_pixels: int, in_channels: int, groups: int = 1) -> bool:
     """Whether a whole-map convolution runs faster as a direct convolution than as a GEMM
     on gathered taps: on CPU, direct k×k convolutions win on large maps with few channels,
-    GEMMs on small maps with many (measured on ResNet shapes, see benchmarks/)."""
-    return kernel > 1 and out_pixels > in_channels
+    GEMMs on small maps with many (measured on ResNet shapes, see benchmarks/); grouped and
+    depthwise ones always win (their GEMMs are small and many)."""
+    return kernel > 1 and (groups > 1 or out_pixels > in_channels)
 
 
 def select_channels(tensor: Tensor, dim: int, channels: Tensor, group: int = 1) -> Tensor:
@@ -106,14 +107,15 @@ class PackedConv:
         if self.groups == 1:
             h = torch.mm(taps.reshape(m, -1), self.matrix, out=None if out is None else out[:m])
         else:
-            if self.depthwise:  # (C, m, k²) @ (C, k², 1)
-                per_channel = torch.bmm(taps.permute(2, 0, 1), self.matrix.t().unsqueeze(2))
-                h = per_channel[:, :, 0].t()
+            if self.depthwise:  # sum over the k² taps of tap × weight, channel by channel
+                h = taps.new_zeros(m, self.out_channels) if out is None else out[:m].zero_()
+                for k in range(taps.shape[1]):
+                    h.addcmul_(taps[:, k], self.matrix[k])  # the only in-place addcmul: MACs counted by it
             else:
                 g = self.groups
                 grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
                 h = torch.bmm(grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
-            h = h.contiguous() if out is None else out[:m].copy_(h)
+                h = h.contiguous() if out is None else out[:m].copy_(h)
         self._normalize(h)
         if out is None:
             return h
