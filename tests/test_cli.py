@@ -21,6 +21,7 @@ from laudnet.cli import main
     (["train", "--out", "{tmp}/r", "--dataset", "fashion-mnist", "--data", "{tmp}"], "Fashion-MNIST not found in {tmp}"),
     (["eval", "{tmp}/missing.pt"], "laudnet: error: checkpoint {tmp}/missing.pt does not exist"),
     (["eval", "{tmp}/garbage.pt"], "is not a readable checkpoint"),
+    (["eval", "{tmp}/garbage.pt", "--hardware", "v100,p100"], "laudnet: error: unknown hardware 'p100'"),
     (["report", "{tmp}/eval.json"], "laudnet: error: {tmp}/eval.json does not exist; create it with `laudnet eval CKPT`"),
     (["demo", "--paradigm", "spatail", "--out", "{tmp}/d"], "laudnet: error: paradigm of stage 1 is 'spatail'"),
 ])
@@ -64,11 +65,12 @@ def test_train_eval_report_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--static", "--out", str(tmp_path / "t"), *data]) == 0
     assert main(["train", "--teacher", str(tmp_path / "t" / "checkpoint.pt"), "--granularity", "8-4-4",
                  "--out", str(tmp_path / "s"), *data]) == 0
-    assert main(["eval", str(tmp_path / "s"), "--latency-batch", "2", "--repeats", "2"]) == 0
+    assert main(["eval", str(tmp_path / "s"), "--latency-batch", "2", "--repeats", "2", "--hardware", "v100"]) == 0
     assert main(["eval", str(tmp_path / "t")]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
     assert result["paradigm"] == "spatial-spatial-spatial" and result["test_samples"] == 8
     assert result["latency"][0]["batch"] == 2 and result["object"] is not None
+    assert [(p["hardware"], p["batch"], p["calibrated"]) for p in result["predicted"]] == [("v100", 2, False)]
     assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "r"),
                  "--examples", "2"]) == 0
     page = (tmp_path / "r" / "report.html").read_text()

@@ -60,9 +60,15 @@ def test_sparse_and_masked_evaluation_agree():
     sparse = accumulate(laudnet.set_execution(model, "sparse"), loader)
     assert 0.1 < masked.flops_ratio < 1.2
     assert masked.correct == sparse.correct and masked.flops == pytest.approx(sparse.flops)
-    result = evaluate(model, data, latency_batches=(2,), repeats=2)
+    result = evaluate(model, data, latency_batches=(2,), repeats=2, hardware=("v100", "jetson_tx2"))
     assert result["accuracy"] == pytest.approx(sparse.accuracy)
     assert result["latency"][0]["batch"] == 2 and result["latency"][0]["speedup"] > 0
     assert 0 <= result["object"]["kept_on_object"] <= 1
     assert [b["name"] for b in result["blocks"]][:2] == ["layer1.0", "layer1.1"]
     assert model.layer1[0].execution == "masked"
+    rates = {b["name"]: b["rate"] for b in result["blocks"]}  # the predictor prices the measured rates
+    for predicted, hardware in zip(result["predicted"], ("v100", "jetson_tx2")):
+        static = laudnet.predict_latency(model, hardware, 2, 16, execution="static").total_ms
+        dynamic = laudnet.predict_latency(model, hardware, 2, 16, rates=rates).total_ms
+        assert (predicted["hardware"], predicted["batch"]) == (hardware, 2)
+        assert (predicted["static_ms"], predicted["dynamic_ms"]) == pytest.approx((static, dynamic))

@@ -360,3 +360,4 @@ def test_cli_bad_input_exits_with_code_2_and_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["predict", "--rate", "2"])
     assert exit_.value.code == 2
+

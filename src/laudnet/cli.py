@@ -33,6 +33,10 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
+def _name_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 # --------------------------------------------------------------------- train
 def add_train(subparsers) -> None:
     p = subparsers.add_parser(
@@ -148,6 +152,9 @@ def add_eval(subparsers) -> None:
     p.add_argument("--latency-batch", type=_positive_int_list, default=[1, 32], metavar="N[,N...]",
                    help="batch sizes of the latency measurement (default: 1,32)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--hardware", type=_name_list, default=[], metavar="NAME[,NAME...]",
+                   help="also predict the latency on these profiles, at the latency batch sizes "
+                        "(see `laudnet hardware list`)")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and eval.md (default: the run directory)")
     p.set_defaults(run=run_eval)
 
@@ -155,11 +162,16 @@ def add_eval(subparsers) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_checkpoint, summary_markdown
 
+    from .latency.hardware import load_hardware
+
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    for name in args.hardware:  # unknown profiles are refused before the evaluation runs
+        load_hardware(name)
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data=args.data, test_size=args.test_size,
                                  out_dir=args.out, execution=args.execution,
-                                 latency_batches=args.latency_batch, repeats=args.repeats, progress=True)
+                                 latency_batches=args.latency_batch, repeats=args.repeats,
+                                 hardware=args.hardware, progress=True)
     print(summary_markdown(result))
     print(f"wrote {result['json']} and eval.md")
 

@@ -61,7 +61,8 @@ def run_demo(out_dir: str | Path = "laudnet-demo", *, paradigm: str = "spatial",
                     out_dir / "student")
     phase("eval", "evaluating both; measuring sparse against dense latency on this machine")
     evals = [evaluate_checkpoint(teacher, progress=True),
-             evaluate_checkpoint(student, latency_batches=(1, 32), repeats=15, progress=True)]
+             evaluate_checkpoint(student, latency_batches=(1, 32), repeats=15, hardware=("v100", "jetson_tx2"),
+                                 progress=True)]
     phase("report", "writing the report")
     report = write_report(evals, out_dir / "report", examples=8, title=f"laudnet demo: {paradigm} student")
     total = time.perf_counter() - started

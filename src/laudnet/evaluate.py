@@ -1,12 +1,12 @@
 """Evaluation of a trained network: accuracy, per-block activation rates, dynamic and static
 FLOPs, where the spatial masks fall, and the measured latency of sparse against dense
-execution on this machine.
+execution on this machine, and its predicted latency on chosen hardware profiles.
 
-Latency is measured, never predicted, here: the dense baseline (the same weights in
-``static`` execution) and the sparse network run interleaved on the same test images
-(:func:`laudnet.latency.interleaved`), and the speedup is the median of the per-round
-ratios with its interquartile range. Predicted latency on hardware profiles is not part of
-this evaluation yet.
+Measured latency: the dense baseline (the same weights in ``static`` execution) and the
+sparse network run interleaved on the same test images (:func:`laudnet.latency.interleaved`),
+and the speedup is the median of the per-round ratios with its interquartile range.
+Predicted latency (:func:`laudnet.predict_latency`) prices the network at the activation
+rates measured on the test split against the same network without gates.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from .dynamic import dynamic_blocks, set_execution, stats
 from .latency import interleaved, ratio
+from .latency.predictor import predict_walk, walk_network
 from .train.data import eval_loader, has_boxes
 from .train.distributed import Context, all_reduce_sum
 from .train.loop import RunSpec, load_checkpoint, model_from_checkpoint
@@ -165,15 +166,32 @@ def measure_latency(model: nn.Module, images: Tensor, repeats: int = 20, warmup:
             "speedup_iqr": list(speedup.spread), "repeats": repeats, "threads": torch.get_num_threads()}
 
 
+def predict(model: nn.Module, rates: dict[str, float], input_size: int, hardware: Sequence[str],
+            batches: Sequence[int]) -> list[dict]:
+    """Predicted latency of ``model`` at the activation ``rates`` (per block name) against
+    the same network without gates, on each hardware profile and batch size."""
+    walk = walk_network(model, input_size)
+    rows = []
+    for name in hardware:
+        for batch in batches:
+            static = predict_walk(walk, name, batch, execution="static")
+            dynamic = predict_walk(walk, name, batch, rates)
+            rows.append({"hardware": name, "title": static.title, "calibrated": static.calibrated, "batch": batch,
+                         "static_ms": static.total_ms, "dynamic_ms": dynamic.total_ms,
+                         "speedup": static.total_ms / dynamic.total_ms})
+    return rows
+
+
 def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", batch_size: int = 100,
-             latency_batches: Sequence[int] = (1, 32), repeats: int = 20,
+             latency_batches: Sequence[int] = (1, 32), repeats: int = 20, hardware: Sequence[str] = (),
              device: torch.device | str = "cpu", progress: bool = False) -> dict:
     """Accuracy, activation rates, FLOPs, object overlap (datasets with boxes) and measured
     sparse-vs-dense latency of ``model`` on ``dataset``, as a JSON-ready dict.
 
     ``execution`` is how accuracy is computed: ``sparse`` (the real skipping engine) or
     ``masked`` (the same function, computed densely). A model without gates in ``static``
-    execution is evaluated as it is, and its latency is not measured.
+    execution is evaluated as it is, and its latency is not measured. ``hardware`` names
+    profiles to predict the latency on, at the ``latency_batches``.
     """
     if execution not in EVAL_EXECUTIONS:
         raise ValueError(f"evaluation execution {execution!r} is unknown; allowed: {', '.join(EVAL_EXECUTIONS)}")
@@ -198,8 +216,11 @@ def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", b
         "object": None if boxes is None or totals.object_share is None else
         {"kept_on_object": totals.object_share, "chance": totals.chance_share},
         "latency": [],
+        "predicted": [],
     }
     if not static:
+        input_size = dataset[0][0].shape[-1]
+        result["predicted"] = predict(model, totals.mean_rates, input_size, hardware, latency_batches)
         for batch in latency_batches:
             images = torch.stack([dataset[i][0] for i in range(min(batch, len(dataset)))])
             result["latency"].append(measure_latency(model, images, repeats))
@@ -255,5 +276,12 @@ def summary_markdown(result: dict) -> str:
         for m in result["latency"]:
             lines.append(f"| {m['batch']} | {m['dense_ms']:.2f} | {m['sparse_ms']:.2f} | {m['speedup']:.2f}x | "
                          f"{m['speedup_iqr'][0]:.2f}-{m['speedup_iqr'][1]:.2f} |")
-    lines += ["", "Predicted latency on hardware profiles: not available yet (no latency predictor in this build).", ""]
+    if result.get("predicted"):
+        lines += ["", "Predicted latency at the measured activation rates, against the network without gates:", "",
+                  "| hardware | batch | static ms | dynamic ms | speedup | |", "|---|---|---|---|---|---|"]
+        for p in result["predicted"]:
+            status = "calibrated here" if p["calibrated"] else "uncalibrated (datasheet figures)"
+            lines.append(f"| {p['hardware']} | {p['batch']} | {p['static_ms']:.3f} | {p['dynamic_ms']:.3f} | "
+                         f"{p['speedup']:.2f}x | {status} |")
+    lines.append("")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
 from .calibrate import time_call
 from .measure import stable_allocator
 from .hardware import Hardware, load_hardware
-from .predictor import block_overhead_ms, price_ops
+from .predictor import price_block
 
 # ResNet-18 basic blocks: (stage, stride, in channels, width, input side)
 RESNET18_BLOCKS = [
@@ -153,9 +153,9 @@ def measure_block(config: BlockConfig, repeats: int = 7, decisions: int = 3, sta
 
 def predict_block(config: BlockConfig, hw: Hardware, learned=None) -> float:
     """Predicted milliseconds of the block from its execution plan."""
-    block = build_block(config)
-    ops = block.plan((config.in_channels, config.side, config.side), config.batch, config.rate)
-    return price_ops(ops, hw, learned=learned).total_ms + block_overhead_ms(hw, block, "sparse")
+    cost, _ = price_block(build_block(config), (config.in_channels, config.side, config.side), hw, config.batch,
+                          config.rate, learned=learned)
+    return cost.total_ms
 
 
 def accuracy(predicted: list[float], measured: list[float]) -> dict[str, float]:
