@@ -7,18 +7,25 @@ import laudnet
 from conftest import assert_close_to_scale, randomize_norms
 
 
-@pytest.mark.parametrize("arch, paradigm", [("resnet18", "spatial-channel-layer-layer+channel"),
-                                            ("resnet50", "layer+spatial-spatial-channel-layer")])
-def test_converted_resnet_reproduces_torchvision(arch, paradigm):
-    reference = randomize_norms(getattr(torchvision.models, arch)(num_classes=20)).eval()
-    model = laudnet.convert(reference, paradigm=paradigm, input_size=96)
+@pytest.mark.parametrize("arch, kwargs, paradigm, size", [
+    ("resnet18", {}, "spatial-channel-layer-layer+channel", 96),
+    ("resnet50", {}, "layer+spatial-spatial-channel-layer", 96),
+    ("regnet_y_400mf", {}, "layer+spatial-spatial-channel-layer", 64),
+    ("regnet_y_800mf", {}, "channel-layer+channel-spatial-layer", 64),
+    ("regnet_x_400mf", {}, "spatial-channel-layer-layer+spatial", 64),
+    ("mobilenet_v2", {}, "none-spatial-channel-layer+spatial-layer-layer+channel-none", 64),
+    ("mobilenet_v2", {"width_mult": 0.5}, "channel", 64),
+])
+def test_converted_model_reproduces_torchvision(arch, kwargs, paradigm, size):
+    reference = randomize_norms(getattr(torchvision.models, arch)(num_classes=20, **kwargs)).eval()
+    model = laudnet.convert(reference, paradigm=paradigm, input_size=size)
     assert not model.training
     # every torchvision weight is held unchanged
     backbone = laudnet.backbone_state_dict(model)
     assert backbone.keys() == reference.state_dict().keys()
     for key, value in reference.state_dict().items():
         assert torch.equal(backbone[key], value), key
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = reference(x)
         laudnet.set_decisions(model, rate=1.0)

@@ -107,6 +107,7 @@ def test_all_channels_skipped_keeps_the_norm_shift():
 
 
 MIXED = "spatial-channel-layer+spatial-layer+channel"
+MIXED_MOBILENET = "none-spatial-channel-layer+spatial-layer+channel-layer-none"
 
 
 @pytest.mark.parametrize("name, paradigm, granularity, size", [
@@ -114,6 +115,11 @@ MIXED = "spatial-channel-layer+spatial-layer+channel"
     ("resnet50", MIXED, "2-4-1-2", 40),
     ("resnet50", "layer", None, 33),
     ("cifar_resnet20", "spatial-channel-layer+spatial", "4-2-3", 27),
+    ("regnet_y_400mf", MIXED, "3-16-2-8", 45),
+    ("regnet_y_800mf", MIXED, "2-32-1-16", 40),
+    ("regnet_y_1_6gf", "layer+channel-spatial-channel-layer", "48-4-24-1", 37),
+    ("mobilenet_v2", MIXED_MOBILENET, "1-3-8-2-16-1-1", 41),
+    ("mobilenet_v2", "spatial", "1-4-3-2-1-1-1", 51),
 ])
 def test_network_sparse_equals_masked(name, paradigm, granularity, size, kernels):
     model = laudnet.create_model(name, paradigm=paradigm, granularity=granularity, num_classes=7,
@@ -131,6 +137,8 @@ def test_network_sparse_equals_masked(name, paradigm, granularity, size, kernels
     assert_close_to_scale(outputs["sparse"], outputs["masked"])
     assert outputs["sparse_stats"].mean_rates == outputs["masked_stats"].mean_rates
     assert 0.0 < outputs["sparse_stats"].flops_ratio < 1.0
+    rates = outputs["sparse_stats"].mean_rates.values()
+    assert min(rates) < 1.0 and max(rates) > 0.0  # the gates skip some work and do some
 
 
 @pytest.mark.parametrize("paradigm, granularity", [("spatial", "2"), ("channel", "2"), ("layer", None),
