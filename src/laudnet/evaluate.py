@@ -170,6 +170,8 @@ def predict(model: nn.Module, rates: dict[str, float], input_size: int, hardware
             batches: Sequence[int]) -> list[dict]:
     """Predicted latency of ``model`` at the activation ``rates`` (per block name) against
     the same network without gates, on each hardware profile and batch size."""
+    if not hardware:
+        return []
     walk = walk_network(model, input_size)
     rows = []
     for name in hardware:
