@@ -176,3 +176,23 @@ def test_set_execution_rejects_unknown_mode():
     model = laudnet.create_model("cifar_resnet20")
     with pytest.raises(ValueError, match="'fast'.*masked, sparse, static"):
         laudnet.set_execution(model, "fast")
+
+
+@pytest.mark.parametrize("run_pixels", [0, 10 ** 9])  # one run per channel mask / one run on their union
+@pytest.mark.parametrize("paradigm", ["channel", "layer+channel"])
+def test_channel_runs_per_mask_and_on_the_union_agree(run_pixels, paradigm, monkeypatch):
+    from laudnet.blocks import base
+
+    monkeypatch.setattr(base, "CHANNEL_RUN_PIXELS", run_pixels)
+    block = make_block(DynamicBottleneck, 1, 32, 8, StageConfig(paradigm, 2), gate_scale=True)
+    randomize_gates(block, seed=3)
+    x = torch.randn(6, 32, 7, 9)
+    masked = run(block, x, "masked")
+    sparse = run(block, x, "sparse")
+    assert_close_to_scale(sparse, masked)
+    running = block.last_decision.channel if block.last_decision.layer is None else \
+        block.last_decision.channel[block.last_decision.layer > 0]
+    assert len(base.samples_by_channels(running)) > 1  # the samples' masks differ
+    runs, union = block._channel_runs(base.expand_groups(running, 2, 8), 63)
+    assert (union is None) == (run_pixels == 0)
+    assert count_executed_macs(block, x) == float(block.last.macs.sum())

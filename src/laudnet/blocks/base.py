@@ -65,6 +65,20 @@ EXECUTION_MODES = ("masked", "sparse", "static")
 DENSE_FRACTION = 0.85
 """Share of a unit's output pixels above which sparse execution computes all of them."""
 
+CHANNEL_RUN_PIXELS = 100
+"""Fixed cost of one run of channel-sliced units, per active channel, in output pixels of
+compute (slicing the packed weights, launching the run's kernels); measured on ResNet-50
+blocks on a 2-core x86 CPU. Samples with different channel masks run one by one while that
+is cheaper than one run on the union of their channels with the rest masked out."""
+
+
+def union_is_cheaper(samples: list[int], channels: list[int], union: int, pixels: int) -> bool:
+    """Whether one run of all samples on the ``union`` of their active channels costs less
+    than one run per distinct channel mask (``samples[i]`` samples on ``channels[i]``
+    channels), each run on ``pixels`` output pixels per sample."""
+    separate = sum(n * pixels * c + CHANNEL_RUN_PIXELS * c for n, c in zip(samples, channels))
+    return sum(samples) * pixels * union + CHANNEL_RUN_PIXELS * union < separate
+
 
 @dataclass
 class Unit:
@@ -409,14 +423,16 @@ class DynamicBlock(nn.Module):
     def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
               scale_unit: tuple[int, Tensor] | None = None, active: Tensor | None = None,
               channels: Tensor | None = None, unit_taps: list[Tensor | None] | None = None,
-              ) -> tuple[Tensor, Tensor | None]:
+              unit_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Run the units on channels-last ``x``, each at its pixel rows (``None``: every
         pixel). Returns the last unit's output rows and their pixel indices (``None``:
         every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output per sample
         (every-pixel units only). Squeeze-excitation averages over the block's ``active``
         output rows (``None``: all), with its weights restricted to ``channels`` if given.
         ``unit_taps`` may give the gathered taps of units on a subset of pixels, as the C++
-        kernels compute them."""
+        kernels compute them. ``unit_mask`` ``(B, C)`` multiplies the outputs of every unit but
+        the last per sample, before squeeze-excitation (every-pixel units only): the channel
+        masks of samples that run together on the union of their channels."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
         source, source_rows, zero_row = pixel_rows(x), None, False
@@ -450,6 +466,8 @@ class DynamicBlock(nn.Module):
             h = out[:-1] if spare else out
             if unit.act is not None:
                 unit.act(h, inplace=True)
+            if unit_mask is not None and i < len(convs) - 1:
+                h.view(batch, -1, h.shape[1]).mul_(unit_mask[:, None, :])
             if unit.se is not None:
                 self._excite_rows(unit.se, h, rows, active, batch, sizes[i + 1], channels)
             if scale_unit is not None and scale_unit[0] == i:
@@ -564,13 +582,14 @@ class DynamicBlock(nn.Module):
         return self._add_rows(x, identity, h, rows), masks
 
     def _branch_samples(self, x: Tensor, samples: Tensor, convs: list[PackedConv],
-                        scale_unit: tuple[int, Tensor] | None = None, channels: Tensor | None = None) -> Tensor:
+                        scale_unit: tuple[int, Tensor] | None = None, channels: Tensor | None = None,
+                        unit_mask: Tensor | None = None) -> Tensor:
         """The branch at every pixel of the ``samples`` of ``x``."""
         if samples.numel() < x.shape[0]:  # copy the samples' pixel rows (x is channels-last)
             batch, channels_in, height, width = x.shape
             picked = pixel_rows(x).view(batch, -1).index_select(0, samples)
             x = from_rows(picked.view(-1, channels_in), samples.numel(), height, width)
-        return self._rows(x, convs, [None] * len(convs), scale_unit, channels=channels)[0]
+        return self._rows(x, convs, [None] * len(convs), scale_unit, channels=channels, unit_mask=unit_mask)[0]
 
     def _sparse_layer(self, x: Tensor, identity: Tensor, d: Decision) -> Tensor:
         samples = (d.layer > 0).nonzero().squeeze(1)
@@ -589,7 +608,8 @@ class DynamicBlock(nn.Module):
         packed = self._packed()
         last = len(packed) - 1
         parts = []
-        for group, channels in samples_by_channels(mask[running]):
+        runs, union_mask = self._channel_runs(mask[running], identity.shape[-2] * identity.shape[-1])
+        for group, channels in runs:
             samples = running[group]
             if channels.numel() == 0:
                 h = self._zero_response().expand(samples.numel() * identity.shape[-2] * identity.shape[-1], -1)
@@ -599,11 +619,23 @@ class DynamicBlock(nn.Module):
                 convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None,
                                                           group) for i, conv in enumerate(packed)]
                 scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
-                h = self._branch_samples(x, samples, convs, scale_unit, None if every else channels)
+                h = self._branch_samples(x, samples, convs, scale_unit, None if every else channels, union_mask)
             if d.layer_scale is not None:
                 h = (h.reshape(samples.numel(), -1) * d.layer_scale[samples, None]).view(-1, h.shape[1])
             parts.append((samples, h))
         return self._add_samples(x, identity, parts)
+
+    @staticmethod
+    def _channel_runs(mask: Tensor, pixels: int) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
+        """How the samples of the ``(N, C)`` channel ``mask`` run: one run per distinct mask
+        (:func:`samples_by_channels`), or, where :func:`union_is_cheaper`, one run of all on
+        the union of their channels, with its ``(N, |union|)`` mask to apply."""
+        runs = samples_by_channels(mask)
+        if len(runs) > 1:
+            union = (mask > 0).any(dim=0).nonzero(as_tuple=True)[0]
+            if union_is_cheaper([s.numel() for s, _ in runs], [c.numel() for _, c in runs], union.numel(), pixels):
+                return [(torch.arange(mask.shape[0], device=mask.device), union)], mask[:, union]
+        return runs, None
 
     def _zero_response(self) -> Tensor:
         """``(1, C_out)``: the last unit's output when all its inputs are zero."""
@@ -725,6 +757,12 @@ class DynamicBlock(nn.Module):
         if channels == 0 or running == 0:  # nothing runs (a zero-input response is not planned)
             return self._plan_epilogue(batch, sizes, 0.0)
         separate = keep < groups and batch > 1  # distinct masks: every running sample is its own run
+        if separate:  # random masks: the expected union of the running samples' groups
+            union_groups = groups * (1 - (1 - keep / groups) ** running)
+            union = min(round(union_groups) * self.channel_masker.granularity, self.inner_channels)
+            if union_is_cheaper([1] * max(1, round(running)), [channels] * max(1, round(running)), union,
+                                sizes[-1][0] * sizes[-1][1]):
+                separate, keep, channels = False, round(union_groups), union
         runs, per_run = (running, 1.0) if separate else (1.0, running)
         fraction = channels / self.inner_channels
         units = self._units
@@ -779,6 +817,10 @@ class DynamicBlock(nn.Module):
         elif d.channel is not None:
             mask, _ = self._channel_factors(d)
             active = mask.sum(dim=1, dtype=torch.float64)
+            running = mask if d.layer is None else mask[d.layer > 0]
+            union = self._channel_runs(running, sizes[-1][0] * sizes[-1][1])[1]
+            if union is not None:  # every sample ran on the union of the channels
+                active = torch.full_like(active, union.shape[1])
             rate = d.channel.mean(dim=1)
             branch = 0.0
             for i, (unit, size) in enumerate(zip(units, sizes[1:])):
