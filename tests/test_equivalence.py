@@ -196,3 +196,7 @@ def test_channel_runs_per_mask_and_on_the_union_agree(run_pixels, paradigm, monk
     runs, union = block._channel_runs(base.expand_groups(running, 2, 8), 63)
     assert (union is None) == (run_pixels == 0)
     assert count_executed_macs(block, x) == float(block.last.macs.sum())
+    block.train()  # training: the MAC count stays a function of each sample's own mask
+    laudnet.set_execution(block, "masked")
+    block(x)
+    assert block.last.macs.requires_grad

@@ -8,7 +8,6 @@ what the last forward pass did: activation rates and the FLOPs the sparse path e
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch

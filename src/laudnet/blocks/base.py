@@ -760,8 +760,8 @@ class DynamicBlock(nn.Module):
         if separate:  # random masks: the expected union of the running samples' groups
             union_groups = groups * (1 - (1 - keep / groups) ** running)
             union = min(round(union_groups) * self.channel_masker.granularity, self.inner_channels)
-            if union_is_cheaper([1] * max(1, round(running)), [channels] * max(1, round(running)), union,
-                                sizes[-1][0] * sizes[-1][1]):
+            samples = max(1, round(running))
+            if union_is_cheaper([1] * samples, [channels] * samples, union, sizes[-1][0] * sizes[-1][1]):
                 separate, keep, channels = False, round(union_groups), union
         runs, per_run = (running, 1.0) if separate else (1.0, running)
         fraction = channels / self.inner_channels
@@ -817,10 +817,11 @@ class DynamicBlock(nn.Module):
         elif d.channel is not None:
             mask, _ = self._channel_factors(d)
             active = mask.sum(dim=1, dtype=torch.float64)
-            running = mask if d.layer is None else mask[d.layer > 0]
-            union = self._channel_runs(running, sizes[-1][0] * sizes[-1][1])[1]
-            if union is not None:  # every sample ran on the union of the channels
-                active = torch.full_like(active, union.shape[1])
+            if not (mask.requires_grad and torch.is_grad_enabled()):  # training keeps the count differentiable
+                running = mask if d.layer is None else mask[d.layer > 0]
+                union = self._channel_runs(running, sizes[-1][0] * sizes[-1][1])[1]
+                if union is not None:  # every sample ran on the union of the channels
+                    active = torch.full_like(active, union.shape[1])
             rate = d.channel.mean(dim=1)
             branch = 0.0
             for i, (unit, size) in enumerate(zip(units, sizes[1:])):
