@@ -1,6 +1,10 @@
+import os
+
 import pytest
 import torch
 from torch import nn
+
+from laudnet.sparse import tuning
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -23,6 +27,14 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     scale = expected.abs().max().clamp_min(1e-6)
     err = float((actual - expected).abs().max() / scale)
     assert err <= tol, f"relative max difference {err:.2e} > {tol}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def kernel_cache(tmp_path_factory):
+    """Kernel choices measured by the tests go to a temporary cache, not the user's."""
+    os.environ["LAUDNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("laudnet-cache"))
+    tuning.clear_choices()
+    yield
 
 
 @pytest.fixture(autouse=True)

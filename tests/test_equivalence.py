@@ -33,15 +33,21 @@ def run(block, x, mode):
         return block(x)
 
 
-@pytest.fixture(params=["cpp", "pytorch"])
+@pytest.fixture(params=["cpp+onednn", "cpp+aten", "pytorch+aten"])
 def kernels(request):
-    """Run a test with the C++ sparse kernels and with the PyTorch ones (the fallback)."""
-    from laudnet.sparse import extension
+    """Run a test with the C++ sparse kernels and with the PyTorch ones (the fallback), and
+    with each convolution backend (oneDNN fused and pre-packed, PyTorch's own)."""
+    from laudnet.sparse import extension, tuning
+    from laudnet.sparse.packed import onednn_available
 
-    if request.param == "cpp" and extension.extension() is None:
+    gather, backend = request.param.split("+")
+    if gather == "cpp" and extension.extension() is None:
         pytest.skip("C++ sparse kernels unavailable")
-    extension.set_enabled(request.param == "cpp")
-    yield request.param
+    if backend == "onednn" and not onednn_available(torch.zeros(1)):
+        pytest.skip("oneDNN unavailable")
+    extension.set_enabled(gather == "cpp")
+    with tuning.forced_backend(backend):
+        yield request.param
     extension.set_enabled(True)
 
 

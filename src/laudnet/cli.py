@@ -37,6 +37,16 @@ def _name_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _rate_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected activation rates in [0, 1] separated by commas, got {text!r}")
+    return values
+
+
 # --------------------------------------------------------------------- train
 def add_train(subparsers) -> None:
     p = subparsers.add_parser(
@@ -233,19 +243,24 @@ def add_bench(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="fewer configurations and repeats (a few minutes)")
     p.add_argument("--batch", type=_positive_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
+    p.add_argument("--arch", type=_name_list, default=None,
+                   help="networks to measure, e.g. resnet50,mobilenet_v2 (default: all four; --quick: resnet50)")
+    p.add_argument("--rates", type=_rate_list, default=None, help="activation rates, e.g. 0.5,1 (default: 0.25,0.5,0.75,1)")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .latency.bench import run_suite
+    from .latency.bench import RATES, run_suite
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    for name, path in run_suite(Path(args.out), args.suite, args.quick, args.batch).items():
+    rates = args.rates or RATES
+    for name, path in run_suite(Path(args.out), args.suite, args.quick, args.batch, archs=args.arch,
+                                rates=rates).items():
         print(f"{name}: {path}")
 
 

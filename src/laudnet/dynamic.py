@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks.base import EXECUTION_MODES, BlockRecord, DynamicBlock, FixedDecisions
 from .flops import static_macs
 from .gates import Masker
+from .models.base import DynamicNetwork
 
 
 def dynamic_blocks(model: nn.Module) -> list[tuple[str, DynamicBlock]]:
@@ -38,6 +40,9 @@ def set_execution(model: nn.Module, mode: str) -> nn.Module:
         raise ValueError(f"execution mode {mode!r} is unknown; allowed: {', '.join(EXECUTION_MODES)}")
     for _, block in _blocks_or_raise(model):
         block.execution = mode
+    for network in model.modules():
+        if isinstance(network, DynamicNetwork):
+            network.execution = mode
     return model
 
 
@@ -170,17 +175,27 @@ def stats(model: nn.Module) -> NetworkStats:
     return NetworkStats(blocks, dynamic.detach(), static)
 
 
+def _multiply_add(*shapes, out_shape, **kwargs) -> int:
+    return 2 * math.prod(out_shape)
+
+
+def _fused_convolution(*shapes, out_shape, **kwargs) -> int:
+    """oneDNN's fused convolution: ``(X, W, ...)``, or ``(X, other, W, ...)`` with a residual."""
+    weight = shapes[2] if isinstance(shapes[2], torch.Size) and len(shapes[2]) == 4 else shapes[1]
+    return 2 * math.prod(out_shape) * math.prod(weight[1:])
+
+
 @torch.no_grad()
 def count_executed_macs(model: nn.Module, x: Tensor) -> int:
     """MACs actually executed by a forward pass, counted by ``torch.utils.flop_counter``
-    (which counts 2 FLOPs per MAC) in convolutions and matrix products, and in the in-place
-    multiply-adds of sparse depthwise convolutions (:meth:`PackedConv.rows`). Used to check
-    the analytic counts."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def multiply_add(*shapes, out_shape, **kwargs) -> int:
-        return 2 * math.prod(out_shape)
-
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addcmul_: multiply_add}) as counter:
+    (which counts 2 FLOPs per MAC) in convolutions and matrix products, in oneDNN's fused
+    convolutions and in the in-place multiply-adds of sparse depthwise convolutions
+    (:meth:`PackedConv.rows`). A first, uncounted pass makes the kernel choices (whose
+    measurements would be counted too). Used to check the analytic counts."""
+    model(x)
+    mapping = {torch.ops.aten.addcmul_: _multiply_add}
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        mapping[torch.ops.mkldnn._convolution_pointwise] = _fused_convolution
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x)
     return counter.get_total_flops() // 2

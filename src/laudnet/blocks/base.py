@@ -211,7 +211,7 @@ class DynamicBlock(nn.Module):
         self._pending: tuple | None = None
         self.last_decision: Decision | None = None  # detached, for inspection (mask overlays)
         self.inner_channels = inner_channels
-        self._packed_cache: tuple[tuple, list[PackedConv]] | None = None
+        self._packed_cache: tuple[tuple, tuple[list[PackedConv], PackedConv | None]] | None = None
         self.spatial_masker = (SpatialMasker(in_channels, config.granularity, stride)
                                if config.spatial else None)
         self.channel_masker = (ChannelMasker(in_channels, inner_channels, config.granularity, gate_scale)
@@ -224,6 +224,13 @@ class DynamicBlock(nn.Module):
         if config.channel:
             self._check_grouped_convs()
         self._check_squeeze_excitation()
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed operands out (derived from the weights,
+        rebuilt on use; oneDNN's packed layouts can be neither copied nor pickled)."""
+        state = self.__dict__.copy()
+        state["_packed_cache"] = None
+        return state
 
     def _check_squeeze_excitation(self) -> None:
         """SE must see the block's output grid: only 1×1 stride-1 convolutions may follow it."""
@@ -286,11 +293,11 @@ class DynamicBlock(nn.Module):
                 raise RuntimeError("sparse execution is for inference: call model.eval() first, "
                                    "or use set_execution(model, 'masked') for training")
             x = x.contiguous(memory_format=torch.channels_last)
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self._shortcut(x)
         if self.execution == "static" or self.config.paradigm == "none":
             self._pending, self.last_decision = (x.shape, x.device, None, None), None
             if self.execution == "sparse":  # a static stage, on the same kernels as the others
-                return self._add_rows(x, identity, self._rows(x, self._packed(), [None] * len(self._units))[0], None)
+                return self._dense_branch(x, identity, self._packed())
             return self._finish(identity + self.run_units(x))
         decision = self.decide(x)
         if self.execution == "masked":
@@ -361,13 +368,34 @@ class DynamicBlock(nn.Module):
         return self._finish(identity + h)
 
     # ----------------------------------------------------------------- sparse execution
+    def _shortcut_pair(self) -> tuple[nn.Conv2d, nn.Module] | None:
+        """The shortcut's convolution and norm when it is just those two (sparse execution
+        then runs it packed, the norm folded)."""
+        layers = list(self.downsample.children()) if self.downsample is not None else []
+        if len(layers) == 2 and isinstance(layers[0], nn.Conv2d) and isinstance(layers[1], (nn.BatchNorm2d, nn.Identity)):
+            return layers[0], layers[1]
+        return None
+
     def _packed(self) -> list[PackedConv]:
-        """The units' GEMM operands and norms, rebuilt when a weight or statistic changes."""
-        units = self._units
-        key = pack_key([(u.conv, u.norm) for u in units])
+        """The units' operands, norms folded, rebuilt when a weight or statistic changes."""
+        return self._packed_all()[0]
+
+    def _packed_all(self) -> tuple[list[PackedConv], PackedConv | None]:
+        """The units' packed operands and the shortcut's (``None`` unless packable)."""
+        pairs = [(u.conv, u.norm) for u in self._units]
+        shortcut = self._shortcut_pair()
+        key = pack_key(pairs + ([shortcut] if shortcut is not None else []))
         if self._packed_cache is None or self._packed_cache[0] != key:
-            self._packed_cache = (key, [PackedConv(u.conv, u.norm) for u in units])
+            self._packed_cache = (key, ([PackedConv(*pair) for pair in pairs],
+                                        None if shortcut is None else PackedConv(*shortcut)))
         return self._packed_cache[1]
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        """The identity branch; packed (norm folded, channels-last) in sparse execution."""
+        if self.downsample is None:
+            return x
+        packed = self._packed_all()[1] if self.execution == "sparse" else None
+        return self.downsample(x) if packed is None else packed.map(x)
 
     def _sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Map size at the input of the block and at the output of each unit."""
@@ -423,7 +451,7 @@ class DynamicBlock(nn.Module):
     def _rows(self, x: Tensor, convs: list[PackedConv], unit_rows: list[Tensor | None],
               scale_unit: tuple[int, Tensor] | None = None, active: Tensor | None = None,
               channels: Tensor | None = None, unit_taps: list[Tensor | None] | None = None,
-              unit_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+              unit_mask: Tensor | None = None, residual: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Run the units on channels-last ``x``, each at its pixel rows (``None``: every
         pixel). Returns the last unit's output rows and their pixel indices (``None``:
         every pixel). ``scale_unit = (i, (B, C))`` multiplies unit i's output per sample
@@ -432,28 +460,26 @@ class DynamicBlock(nn.Module):
         ``unit_taps`` may give the gathered taps of units on a subset of pixels, as the C++
         kernels compute them. ``unit_mask`` ``(B, C)`` multiplies the outputs of every unit but
         the last per sample, before squeeze-excitation (every-pixel units only): the channel
-        masks of samples that run together on the union of their channels."""
+        masks of samples that run together on the union of their channels. ``residual``
+        (the identity's pixel rows, every pixel computed, see :meth:`_fuses_residual`) is
+        added to the last unit's output and the block's activation applied in the same
+        call: the result is then the block's output."""
         batch = x.shape[0]
         sizes = self._sizes(*x.shape[-2:])
-        source, source_rows, zero_row = pixel_rows(x), None, False
+        source, source_rows = pixel_rows(x), None
         if convs[0].input_index is not None:  # a sliced grouped first unit reads its groups' inputs
             source = source.index_select(1, convs[0].input_index)
-        gathers = [not (conv.kernel == 1 and conv.stride == 1) and not (
-            rows is None and (i == 0 or unit_rows[i - 1] is None)
-            and direct_convolution(conv.kernel, batch * sizes[i + 1][0] * sizes[i + 1][1], conv.in_channels, conv.groups))
-            for i, (conv, rows) in enumerate(zip(convs, unit_rows))]
+        last = len(convs) - 1
         for i, (unit, conv, rows) in enumerate(zip(self._units, convs, unit_rows)):
-            spare = i + 1 < len(convs) and gathers[i + 1]  # keep a zero row for the next unit's padding
-            if not gathers[i] and conv.kernel == 1:  # pointwise: the same pixels in and out
+            act, added = (self.out_act, residual) if i == last and residual is not None else (unit.act, None)
+            if rows is None and direct_convolution(conv.kernel, conv.stride, source_rows is None):
+                out_size = sizes[i + 1]
+                h = pixel_rows(conv.map(from_rows(source, batch, *sizes[i]), act,
+                                        None if added is None else from_rows(added, batch, *out_size)))
+            elif conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
                 if source_rows is None and rows is not None:
                     source = source.index_select(0, rows)
-                elif zero_row:
-                    source = source[:-1]
-                out = conv.rows(source.unsqueeze(1), spare)
-            elif not gathers[i]:  # every pixel: a direct convolution
-                out = conv.conv2d_rows(from_rows(source[:-1] if zero_row else source, batch, *sizes[i]))
-                if spare:
-                    out = torch.cat([out, out.new_zeros(1, out.shape[1])])
+                h = conv.rows(source.unsqueeze(1), act, added)
             else:
                 taps = None if unit_taps is None else unit_taps[i]
                 if taps is None:
@@ -462,18 +488,31 @@ class DynamicBlock(nn.Module):
                     taps = table if rows is None else table.index_select(0, rows)
                     if source_rows is not None:
                         taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
-                out = conv.rows(gather_taps(source, taps, zero_row), spare)
-            h = out[:-1] if spare else out
-            if unit.act is not None:
-                unit.act(h, inplace=True)
-            if unit_mask is not None and i < len(convs) - 1:
+                h = conv.rows(gather_taps(source, taps), act, added)
+            if unit_mask is not None and i < last:
                 h.view(batch, -1, h.shape[1]).mul_(unit_mask[:, None, :])
             if unit.se is not None:
                 self._excite_rows(unit.se, h, rows, active, batch, sizes[i + 1], channels)
             if scale_unit is not None and scale_unit[0] == i:
                 h.view(batch, -1, h.shape[1]).mul_(scale_unit[1][:, None, :])
-            source, source_rows, zero_row = out, rows, spare
-        return (source[:-1] if zero_row else source), source_rows
+            source, source_rows = h, rows
+        return source, source_rows
+
+    def _fuses_residual(self) -> bool:
+        """Whether the residual add and the block's activation can run inside the last
+        unit's operator: its own output needs no activation or excitation first."""
+        last = self._units[-1]
+        return last.act is None and last.se is None
+
+    def _dense_branch(self, x: Tensor, identity: Tensor, convs: list[PackedConv], **options) -> Tensor:
+        """``act(identity + branch(x))`` with every pixel of every sample computed, the
+        residual fused into the last unit where it can be (``options``: those of
+        :meth:`_rows`)."""
+        every = [None] * len(convs)
+        if not self._fuses_residual():
+            return self._add_rows(x, identity, self._rows(x, convs, every, **options)[0], None)
+        out = self._rows(x, convs, every, residual=pixel_rows(identity), **options)[0]
+        return from_rows(out, *identity.shape[:1], *identity.shape[-2:])
 
     @staticmethod
     def _excite_rows(se: nn.Module, h: Tensor, rows: Tensor | None, active: Tensor | None, batch: int,
@@ -595,6 +634,8 @@ class DynamicBlock(nn.Module):
         samples = (d.layer > 0).nonzero().squeeze(1)
         if samples.numel() == 0:
             return self._add_samples(x, identity, [])
+        if samples.numel() == x.shape[0] and d.layer_scale is None:
+            return self._dense_branch(x, identity, self._packed())
         h = self._branch_samples(x, samples, self._packed())
         if d.layer_scale is not None:
             h = (h.view(samples.numel(), -1) * d.layer_scale[samples, None]).view_as(h)
@@ -619,6 +660,9 @@ class DynamicBlock(nn.Module):
                 convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None,
                                                           group) for i, conv in enumerate(packed)]
                 scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
+                if samples.numel() == x.shape[0] and d.layer_scale is None:  # one run of every sample
+                    return self._dense_branch(x, identity, convs, scale_unit=scale_unit,
+                                              channels=None if every else channels, unit_mask=union_mask)
                 h = self._branch_samples(x, samples, convs, scale_unit, None if every else channels, union_mask)
             if d.layer_scale is not None:
                 h = (h.reshape(samples.numel(), -1) * d.layer_scale[samples, None]).view(-1, h.shape[1])
@@ -640,7 +684,7 @@ class DynamicBlock(nn.Module):
     def _zero_response(self) -> Tensor:
         """``(1, C_out)``: the last unit's output when all its inputs are zero."""
         last, packed = self._units[-1], self._packed()[-1]
-        h = packed.shift[None, :]
+        h = packed.bias[None, :]
         return h if last.act is None else last.act(h)
 
     # ----------------------------------------------------------------- plans
@@ -693,7 +737,7 @@ class DynamicBlock(nn.Module):
             groups = conv.groups if conv.groups == 1 or channels is None else max(1, conv.groups * c_out // conv.out_channels)
             kernel, (out_h, out_w) = conv.kernel_size[0], sizes[i + 1]
             count = batch * out_h * out_w if unit_rows is None else unit_rows
-            if unit_rows is None and source_full and direct_convolution(kernel, batch * out_h * out_w, c_in, groups):
+            if unit_rows is None and direct_convolution(kernel, conv.stride[0], source_full):
                 ops.append(conv_op(f"unit{i}", batch, c_in, c_out, kernel, conv.stride[0], groups, out_h, out_w,
                                    *sizes[i]))
             else:

@@ -11,6 +11,7 @@ those decisions is reported and used for the efficiency ``speedup × rate`` (1.0
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import math
@@ -31,6 +32,7 @@ from ..config import StageConfig
 from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
 from ..models import convert
 from .measure import interleaved, ratio
+from .runtimes import dense_baselines, runtime_versions
 
 # ResNet-50 bottlenecks: (stage, stride, in channels, width, input side)
 RESNET50_BLOCKS = [
@@ -57,10 +59,18 @@ class BenchRow:
     batch: int
     dense_ms: float
     sparse_ms: float
-    speedup: float       # median of per-round dense/sparse ratios
+    speedup: float       # median of per-round dense/sparse ratios (dense: torchvision eager)
     speedup_q1: float
     speedup_q3: float
     efficiency: float    # speedup × rate
+    # networks only: the static network run as users deploy it (nan where not measured)
+    eager_channels_last_ms: float = math.nan
+    onnxruntime_ms: float = math.nan
+    openvino_ms: float = math.nan
+    best_static: str = ""          # the fastest static baseline of the round medians
+    speedup_vs_best: float = math.nan  # median of per-round best-static/sparse ratios
+    speedup_vs_best_q1: float = math.nan
+    speedup_vs_best_q3: float = math.nan
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -77,28 +87,35 @@ def channel_granularities(quick: bool = False) -> list[int]:
     return [4] if quick else [1, 4, 16]
 
 
-def _measure(dense: Callable[[], object], sparse_runs: list[Callable[[], object]],
-             realized_rate: Callable[[], float], repeats: int) -> tuple:
-    """Interleave ``len(sparse_runs)`` dense calls with one pass over ``sparse_runs``; then
-    run each sparse call once more, untimed, to read the realized activation rate."""
+def _measure(dense: dict[str, Callable[[], object]], sparse_runs: list[Callable[[], object]],
+             realized_rate: Callable[[], float], repeats: int, gap: float = 0.0) -> tuple:
+    """Interleave ``len(sparse_runs)`` calls of each dense baseline with one pass over
+    ``sparse_runs``; then run each sparse call once more, untimed, to read the realized
+    activation rate. Returns per-call median times (``{name: ms}``, sparse included), the
+    per-round ratios of each baseline over sparse, and the mean realized rate."""
+    n = len(sparse_runs)
 
     def sparse_round() -> None:
         for run in sparse_runs:
             run()
 
-    def dense_round() -> None:
-        for _ in sparse_runs:
-            dense()
+    def dense_round(call: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(n):
+                call()
+        return run
 
+    candidates = {name: dense_round(call) for name, call in dense.items()}
+    candidates["sparse"] = sparse_round
     with torch.no_grad():
-        timings = interleaved({"dense": dense_round, "sparse": sparse_round}, repeats=repeats, warmup=1)
+        timings = interleaved(candidates, repeats=repeats, warmup=1, gap=gap)
         rates = []
         for run in sparse_runs:
             run()
             rates.append(realized_rate())
-    n = len(sparse_runs)
-    return (timings["dense"].median_ms / n, timings["sparse"].median_ms / n,
-            ratio(timings, "dense", "sparse"), sum(rates) / n)
+    times = {name: t.median_ms / n for name, t in timings.items()}
+    ratios = {name: ratio(timings, name, "sparse") for name in dense}
+    return times, ratios, sum(rates) / n
 
 
 def bench_block(stage: int, stride: int, in_channels: int, width: int, side: int, paradigm: str,
@@ -121,10 +138,11 @@ def bench_block(stage: int, stride: int, in_channels: int, width: int, side: int
             return block(x_sparse)
         return call
 
-    dense_ms, sparse_ms, r, realized = _measure(lambda: dense(x), [run(f) for f in fixed],
-                                                lambda: float(block.last.rate.mean()), repeats)
+    times, ratios, realized = _measure({"eager": lambda: dense(x)}, [run(f) for f in fixed],
+                                       lambda: float(block.last.rate.mean()), repeats)
+    r = ratios["eager"]
     return BenchRow("block", f"resnet50.stage{stage}", math.ceil(side / stride), stride, paradigm,
-                    str(granularity or "-"), rate, realized, batch, dense_ms, sparse_ms, r.median,
+                    str(granularity or "-"), rate, realized, batch, times["eager"], times["sparse"], r.median,
                     *r.spread, r.median * realized)
 
 
@@ -135,14 +153,14 @@ def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module |
 
 
 def bench_network(arch: str, paradigm: str, granularity: str | None, rate: float, batch: int,
-                  repeats: int = 5, decisions: int = 2, input_size: int = 224) -> BenchRow:
+                  repeats: int = 5, decisions: int = 2, input_size: int = 224, runtimes: bool = True) -> BenchRow:
     """A whole torchvision network against its dynamic copy with fixed decisions of
-    ``rate`` in every block."""
-    torch.manual_seed(0)
-    reference = getattr(torchvision.models, arch)().eval()
+    ``rate`` in every block; the static network runs in torch eager (NCHW and
+    channels-last) and, with ``runtimes``, in ONNX Runtime and OpenVINO where installed
+    (:mod:`laudnet.latency.runtimes`)."""
+    reference, x, dense = _static_network(arch, batch, input_size, runtimes)
     model = convert(reference, paradigm=paradigm, granularity=granularity).eval()
     set_execution(model, "sparse")
-    x = torch.randn(batch, 3, input_size, input_size)
     blocks = [block for _, block in dynamic_blocks(model)]
     decision_sets = []
     for seed in range(decisions):
@@ -156,10 +174,25 @@ def bench_network(arch: str, paradigm: str, granularity: str | None, rate: float
             return model(x)
         return call
 
-    dense_ms, sparse_ms, r, realized = _measure(lambda: reference(x), [run(d) for d in decision_sets],
-                                                lambda: _network_rate(model), repeats)
+    times, ratios, realized = _measure(dense, [run(d) for d in decision_sets], lambda: _network_rate(model),
+                                       repeats, gap=0.02)
+    best = min(dense, key=lambda name: times[name])
+    r, b = ratios["eager"], ratios[best]
     return BenchRow("network", arch, input_size, 1, paradigm, granularity or "default", rate, realized, batch,
-                    dense_ms, sparse_ms, r.median, *r.spread, r.median * realized)
+                    times["eager"], times["sparse"], r.median, *r.spread, r.median * realized,
+                    times["eager_channels_last"], times.get("onnxruntime", math.nan),
+                    times.get("openvino", math.nan), best, b.median, *b.spread)
+
+
+@functools.lru_cache(maxsize=2)
+def _static_network(arch: str, batch: int, input_size: int, runtimes: bool) -> tuple:
+    """A torchvision network with seeded random weights, an input batch and the calls of its
+    static baselines; cached, so that a suite exports and compiles each network once."""
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)().eval()
+    x = torch.randn(batch, 3, input_size, input_size)
+    with torch.no_grad():
+        return reference, x, dense_baselines(reference, x, runtimes)
 
 
 def _network_rate(model: nn.Module) -> float:
@@ -190,14 +223,25 @@ NETWORK_SPECS = {
 }
 
 
-def network_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[dict]:
-    """ResNet-50 (quick) or ResNet-50/101, RegNetY-400MF and MobileNetV2, as keyword
-    arguments of :func:`bench_network`."""
-    archs = ("resnet50",) if quick else ("resnet50", "resnet101", "regnet_y_400mf", "mobilenet_v2")
+NETWORK_ARCHS = ("resnet50", "resnet101", "regnet_y_400mf", "mobilenet_v2")
+
+
+def network_suite(quick: bool = False, batches: Iterable[int] = (1, 8), archs: Iterable[str] | None = None,
+                  rates: Iterable[float] = RATES) -> list[dict]:
+    """ResNet-50 (quick) or ResNet-50/101, RegNetY-400MF and MobileNetV2 (or ``archs``), as
+    keyword arguments of :func:`bench_network`."""
+    archs = tuple(archs) if archs else (("resnet50",) if quick else NETWORK_ARCHS)
+    unknown = [a for a in archs if a not in NETWORK_ARCHS]
+    if unknown:
+        raise ValueError(f"benchmark network {unknown[0]!r} is unknown; allowed: {', '.join(NETWORK_ARCHS)}")
+    rates = tuple(rates)
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]
+    if bad:
+        raise ValueError(f"activation rate {bad[0]} is out of range; allowed: 0 to 1")
     return [dict(arch=arch, paradigm=p, granularity=g, rate=rate, batch=batch)
             for arch in archs
             for (p, g), rate, batch in itertools.product(NETWORK_SPECS["resnet" if arch.startswith("resnet") else "other"],
-                                                         RATES, batches)]
+                                                         rates, batches)]
 
 
 def machine_description() -> str:
@@ -209,7 +253,7 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, {runtime_versions()}")
 
 
 def write_results(rows: list[BenchRow], out_dir: Path, name: str) -> dict[str, Path]:
@@ -227,11 +271,30 @@ def write_results(rows: list[BenchRow], out_dir: Path, name: str) -> dict[str, P
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
+    if rows and all(r.kind == "network" for r in rows):
+        return _network_table(rows)
     header = ("| model | res | stride | paradigm | gran | batch | rate | dense ms | sparse ms "
               "| speedup (IQR) | efficiency |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"| {r.model} | {r.resolution} | {r.stride} | {r.paradigm} | {r.granularity} | {r.batch} "
              f"| {r.rate:.2f} | {r.dense_ms:.2f} | {r.sparse_ms:.2f} "
              f"| {r.speedup:.2f}x ({r.speedup_q1:.2f}-{r.speedup_q3:.2f}) | {r.efficiency:.2f} |"
+             for r in rows]
+    return f"Machine: {machine_description()}\n\n" + header + "\n".join(lines) + "\n"
+
+
+def _network_table(rows: list[BenchRow]) -> str:
+    """Networks: every static baseline's time, the speedup over torch eager and over the
+    fastest static baseline (each the median of per-round ratios, with the IQR)."""
+    header = ("| model | paradigm | gran | batch | rate | eager ms | eager CL ms | ORT ms | OpenVINO ms | sparse ms "
+              "| vs eager (IQR) | vs fastest static (IQR) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+    def ms(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:.1f}"
+
+    lines = [f"| {r.model} | {r.paradigm} | {r.granularity} | {r.batch} | {r.rate:.2f} | {ms(r.dense_ms)} "
+             f"| {ms(r.eager_channels_last_ms)} | {ms(r.onnxruntime_ms)} | {ms(r.openvino_ms)} | {ms(r.sparse_ms)} "
+             f"| {r.speedup:.2f}x ({r.speedup_q1:.2f}-{r.speedup_q3:.2f}) "
+             f"| {r.speedup_vs_best:.2f}x ({r.speedup_vs_best_q1:.2f}-{r.speedup_vs_best_q3:.2f}) vs {r.best_static} |"
              for r in rows]
     return f"Machine: {machine_description()}\n\n" + header + "\n".join(lines) + "\n"
 
@@ -247,7 +310,8 @@ def best_per_stage(rows: list[BenchRow]) -> list[BenchRow]:
 
 
 def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: Iterable[int] = (1, 8),
-              progress: bool = True) -> dict[str, Path]:
+              progress: bool = True, archs: Iterable[str] | None = None,
+              rates: Iterable[float] = RATES) -> dict[str, Path]:
     """Run the block and/or network benchmarks and write their tables into ``out_dir``:
     ``blocks.*`` (every configuration), ``blocks_best.*`` (best granularity per stage),
     ``networks.*``."""
@@ -256,6 +320,8 @@ def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: I
     if suite not in ("all", "blocks", "networks"):
         raise ValueError(f"benchmark suite {suite!r} is unknown; allowed: all, blocks, networks")
     batches = tuple(batches)
+    if suite in ("all", "networks"):
+        network_suite(quick, batches, archs, rates)  # bad names and rates fail before any work
     paths: dict[str, Path] = {}
     if suite in ("all", "blocks"):
         configs = block_suite(quick, batches)
@@ -265,7 +331,7 @@ def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: I
         paths.update({f"blocks_best.{k}": v for k, v in write_results(best_per_stage(rows), out_dir,
                                                                           "blocks_best").items()})
     if suite in ("all", "networks"):
-        configs = network_suite(quick, batches)
+        configs = network_suite(quick, batches, archs, rates)
         rows = [bench_network(**c, repeats=3 if quick else 5)
                 for c in tqdm(configs, desc="networks", disable=not progress)]
         paths.update({f"networks.{k}": v for k, v in write_results(rows, out_dir, "networks").items()})

@@ -1,12 +1,13 @@
 """Honest wall-clock measurement on a shared machine: interleave the candidates.
 
 Timing A then B on a noisy machine compares two different moments. Interleaving
-(A B A B …) in one process exposes both to the same noise; the median of the per-round
-ratios, with its spread, is the figure to report.
+(A B A B …, in a shuffled order each round) in one process exposes both to the same
+noise; the median of the per-round ratios, with its spread, is the figure to report.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -55,21 +56,28 @@ def _sync(device: torch.device | None) -> None:
 
 
 def interleaved(candidates: Mapping[str, Callable[[], object]], repeats: int = 20, warmup: int = 3,
-                device: torch.device | None = None) -> dict[str, Timing]:
-    """Time each candidate once per round, round after round, in a rotating order.
+                device: torch.device | None = None, gap: float = 0.0, seed: int = 0) -> dict[str, Timing]:
+    """Time each candidate once per round, round after round, in a shuffled order.
 
     ``candidates`` are zero-argument callables (wrap them with ``torch.no_grad`` yourself).
+    Each is warmed up ``warmup`` times back to back; ``gap`` seconds of idle before each
+    timed call let the previous runner's worker threads go to sleep (thread pools of
+    different runtimes spin and stall each other).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     names = list(candidates)
-    for _ in range(warmup):
-        for name in names:
+    for name in names:
+        for _ in range(warmup):
             candidates[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        order = names[round_ % len(names):] + names[: round_ % len(names)]
+    order = list(names)
+    shuffler = random.Random(seed)
+    for _ in range(repeats):
+        shuffler.shuffle(order)
         for name in order:
+            if gap:
+                time.sleep(gap)
             _sync(device)
             start = time.perf_counter()
             candidates[name]()

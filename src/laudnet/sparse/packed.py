@@ -1,27 +1,47 @@
-"""A convolution and its batch norm as GEMM operands on gathered pixel rows
-(:mod:`laudnet.sparse.pixels`), and their slicing to active channels.
+"""A convolution and its batch norm as one operator on whole maps or on gathered pixel
+rows (:mod:`laudnet.sparse.pixels`), and its slicing to active channels.
 
-The GEMM operand is a *view* of the convolution's own weight, kept in channels-last memory
-(so that its rows run over ``(ky, kx, c)``, the order of gathered taps): sparse execution
-holds no second copy of the weights. The batch norm is applied to the GEMM output as a
-per-channel ``scale`` and ``shift`` (one fused pass).
+The batch norm is folded into the weights and a bias (one copy of the weights, in
+channels-last memory, so that a weight row runs over ``(ky, kx, c)``, the order of
+gathered taps), and the unit's activation, and a residual added before it, run in the same
+call where the backend can fuse them. Each operator shape runs on the backend measured
+fastest on this machine (:mod:`laudnet.sparse.tuning`): ``aten`` (``F.conv2d`` /
+``addmm``, then the activation) or ``onednn`` (oneDNN with weights pre-packed once in its
+own layout, bias, residual and activation fused).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import tuning
 
-def direct_convolution(kernel: int, out_pixels: int, in_channels: int, groups: int = 1) -> bool:
-    """Whether a whole-map convolution runs faster as a direct convolution than as a GEMM
-    on gathered taps: on CPU, direct k×k convolutions win on large maps with few channels,
-    GEMMs on small maps with many (measured on ResNet shapes, see benchmarks/); grouped and
-    depthwise ones always win (their GEMMs are small and many)."""
-    return kernel > 1 and (groups > 1 or out_pixels > in_channels)
+Activation = Callable[..., Tensor] | None
+
+ONEDNN_ACTIVATIONS: dict[Callable, tuple[str, list[float]]] = {F.relu: ("relu", []), F.relu6: ("hardtanh", [0.0, 6.0])}
+"""Activations oneDNN fuses into a convolution, as its post-op name and scalars."""
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def onednn_available(x: Tensor) -> bool:
+    """Whether oneDNN's fused convolution can run on ``x`` (float32 on a CPU build with oneDNN)."""
+    return _ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def direct_convolution(kernel: int, stride: int, source_full: bool) -> bool:
+    """Whether a unit computed at every output pixel runs as a direct convolution over the
+    whole map rather than as a GEMM on its pixel rows: every k×k or strided one whose input
+    is a whole map (a unit whose input was computed at some pixels only reads compact rows,
+    so it gathers)."""
+    return source_full and (kernel > 1 or stride > 1)
 
 
 def select_channels(tensor: Tensor, dim: int, channels: Tensor, group: int = 1) -> Tensor:
@@ -45,82 +65,164 @@ def channels_last_weight(conv: nn.Conv2d) -> Tensor:
     return weight.detach()
 
 
+def _activate(h: Tensor, act: Activation) -> Tensor:
+    return h if act is None else act(h, inplace=True)
+
+
+def _rows_of(out: Tensor) -> Tensor:
+    """``(B, C, H, W)`` channels-last → ``(B·H·W, C)`` view."""
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+
+
+def _rows_as_map(rows: Tensor) -> Tensor:
+    """``(m, C)`` rows as a ``(1, C, m, 1)`` channels-last map (a view): a GEMM on rows is
+    a 1×1 convolution over it."""
+    return rows.view(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _bucket(m: int) -> int:
+    """Row counts share a kernel choice within a power of two."""
+    return 1 << max(0, math.ceil(math.log2(max(m, 1))))
+
+
 class PackedConv:
-    """``norm(conv(x))`` as ``(taps @ matrix) * scale + shift`` on gathered ``(m, k², C_in)``
-    taps. Standard convolutions are one GEMM, depthwise ones a batched product over
-    channels, grouped ones a batched GEMM over groups."""
+    """``act(norm(conv(x)) [+ residual])`` on whole channels-last maps (:meth:`map`) or on
+    gathered ``(m, k², C_in)`` taps (:meth:`rows`). Standard convolutions on taps are one
+    GEMM, depthwise ones a sum of per-tap products over channels, grouped ones a batched
+    GEMM over groups."""
 
     def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
-        self.__dict__["weight"] = channels_last_weight(conv)
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(self.weight[:, 0, 0, 0])
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
         if isinstance(norm, nn.BatchNorm2d):
-            self.scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-            self.shift = (bias - norm.running_mean) * self.scale + norm.bias.detach()
+            scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+            self.bias = (bias - norm.running_mean) * scale + norm.bias.detach()
         elif isinstance(norm, nn.Identity):
-            self.scale, self.shift = torch.ones_like(bias), bias
+            scale, self.bias = None, bias
         else:
             raise TypeError(f"sparse execution supports BatchNorm2d or Identity norms, not {type(norm).__name__}")
+        folded = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
+        self.weight = folded.contiguous(memory_format=torch.channels_last)
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
         self.padding, self.dilation = conv.padding[0], conv.dilation[0]
         self.groups = conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
         self.input_index: Tensor | None = None  # for sliced grouped convolutions: the inputs they read
+        self.sliced_copy = False  # made per call by :meth:`sliced`: packing would cost every call
 
+    # ----------------------------------------------------------------- operands
     @functools.cached_property
     def matrix(self) -> Tensor:
-        """GEMM operand (a view of the channels-last weight): ``(k²·C_in, C_out)``;
-        depthwise ``(k², C)``; grouped ``(groups, k²·C_in/groups, C_out/groups)``."""
+        """GEMM operand (a view of the weight): ``(k²·C_in, C_out)``; depthwise ``(k², C)``;
+        grouped ``(groups, k²·C_in/groups, C_out/groups)``."""
         w = self.weight.permute(0, 2, 3, 1)  # (C_out, kh, kw, C_in/groups), contiguous
-        if self.groups == 1:
-            return w.reshape(self.out_channels, -1).t()
-        if self.depthwise:
+        if self.groups == 1 or self.depthwise:
             return w.reshape(self.out_channels, -1).t()
         return w.reshape(self.groups, self.out_channels // self.groups, -1).transpose(1, 2)
 
-    @functools.cached_property
-    def weight(self) -> Tensor:
-        """``(C_out, C_in/groups, k, k)`` weight (for direct convolutions)."""
-        k = self.kernel
-        if self.groups == 1:
-            return self.matrix.reshape(k, k, self.in_channels, self.out_channels).permute(3, 2, 0, 1)
-        if self.depthwise:
-            return self.matrix.t().reshape(self.out_channels, 1, k, k)
-        g, cin, cout = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
-        return self.matrix.transpose(1, 2).reshape(g * cout, k, k, cin).permute(0, 3, 1, 2)
+    def _packed_map_weight(self, x: Tensor) -> Tensor:
+        """The weight in oneDNN's layout for a direct convolution, packed once."""
+        if self.sliced_copy:
+            return self.weight
+        if "_onednn_map" not in self.__dict__:
+            p, s, d = [self.padding] * 2, [self.stride] * 2, [self.dilation] * 2
+            self._onednn_map = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.contiguous(), p, s, d, self.groups, list(x.shape))
+        return self._onednn_map
 
-    def _normalize(self, h: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, h, self.scale, out=h)
+    def _packed_gemm_weight(self, m: int) -> Tensor:
+        """The GEMM operand as a 1×1 convolution weight in oneDNN's layout, packed once."""
+        weight = self.matrix.t().reshape(self.out_channels, -1, 1, 1)
+        if self.sliced_copy:
+            return weight
+        if "_onednn_gemm" not in self.__dict__:
+            self._onednn_gemm = torch.ops.mkldnn._reorder_convolution_weight(
+                weight.contiguous(), [0, 0], [1, 1], [1, 1], 1, [1, weight.shape[1], m, 1])
+        return self._onednn_gemm
 
-    def conv2d_rows(self, x: Tensor) -> Tensor:
-        """The convolution and norm on a whole ``(B, C_in, H, W)`` map, as pixel rows."""
-        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        rows = out.permute(0, 2, 3, 1).reshape(-1, self.out_channels)
-        return self._normalize(rows if rows.is_contiguous() else rows.contiguous())
+    # ----------------------------------------------------------------- backends
+    def _onednn(self, x: Tensor, weight: Tensor, conv: tuple, act: Activation, residual: Tensor | None) -> Tensor:
+        """oneDNN's convolution with bias, residual and activation fused (an activation it
+        cannot fuse runs after)."""
+        if residual is None:
+            name, scalars = ONEDNN_ACTIVATIONS.get(act, ("none", []))
+            out = torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *conv, name, scalars, "")
+            return out if act is None or act in ONEDNN_ACTIVATIONS else _activate(out, act)
+        fused = act is F.relu  # after a residual add, oneDNN fuses ReLU only
+        out = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, self.bias, *conv, "add", None,
+                                                             "relu" if fused else None, [], None)
+        return out if fused else _activate(out, act)
 
-    def rows(self, taps: Tensor, spare: bool = False) -> Tensor:
-        """Outputs ``(m, C_out)`` from gathered taps ``(m, k², C_in)``. With ``spare`` the
-        result has one more row, of zeros, that the padding taps of a next convolution read
-        (see :func:`laudnet.sparse.pixels.gather_taps`)."""
+    def _map_aten(self, x: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        out = out.contiguous(memory_format=torch.channels_last)
+        if residual is not None:
+            out.add_(residual)
+        return _activate(out, act)
+
+    def _map_onednn(self, x: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        conv = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
+        return self._onednn(x, self._packed_map_weight(x), conv, act, residual)
+
+    def _gemm_aten(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        out = torch.addmm(self.bias, a, self.matrix)
+        if residual is not None:
+            out.add_(residual)
+        return _activate(out, act)
+
+    def _gemm_onednn(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        conv = ([0, 0], [1, 1], [1, 1], 1)
+        out = self._onednn(_rows_as_map(a), self._packed_gemm_weight(a.shape[0]), conv, act,
+                           None if residual is None else _rows_as_map(residual))
+        return _rows_of(out)
+
+    def _run(self, kind: str, shape: str, operand: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        """Run ``kind`` (``map`` or ``gemm``) on the backend chosen for this shape."""
+        run = {"aten": getattr(self, f"_{kind}_aten")}
+        if onednn_available(operand):
+            run["onednn"] = getattr(self, f"_{kind}_onednn")
+        key = (f"{kind}:{shape}:{'sliced' if self.sliced_copy else 'packed'}:"
+               f"{getattr(act, '__name__', act)}:{'residual' if residual is not None else '-'}")
+        backend = tuning.choose(key, {name: (lambda f=f: f(operand, act, residual))  # a residual is only read
+                                      for name, f in run.items()})
+        return run[backend](operand, act, residual)
+
+    # ----------------------------------------------------------------- operators
+    def map(self, x: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
+        """``act(conv(x) + bias [+ residual])`` on a whole ``(B, C_in, H, W)`` channels-last
+        map; a channels-last ``(B, C_out, H', W')`` result."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        shape = (f"{tuple(x.shape)}>{self.out_channels}:k{self.kernel}s{self.stride}p{self.padding}"
+                 f"d{self.dilation}g{self.groups}")
+        return self._run("map", shape, x, act, residual)
+
+    def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
+        """``act(a @ matrix + bias [+ residual])`` on ``(m, k²·C_in)`` rows (standard
+        convolutions): ``(m, C_out)``."""
+        shape = f"{_bucket(a.shape[0])}x{a.shape[1]}>{self.out_channels}"
+        return self._run("gemm", shape, a, act, residual)
+
+    def map_rows(self, x: Tensor, act: Activation = None) -> Tensor:
+        """:meth:`map` as ``(B·H'·W', C_out)`` pixel rows."""
+        return _rows_of(self.map(x, act))
+
+    def rows(self, taps: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
+        """``act(conv + bias [+ residual])``, ``(m, C_out)``, from gathered taps ``(m, k², C_in)``."""
         m = taps.shape[0]
-        out = taps.new_empty(m + 1, self.out_channels) if spare else None
         if self.groups == 1:
-            h = torch.mm(taps.reshape(m, -1), self.matrix, out=None if out is None else out[:m])
+            return self.gemm(taps.reshape(m, -1), act, residual)
+        if self.depthwise:  # sum over the k² taps of tap × weight, channel by channel
+            h = self.bias.expand(m, -1).clone()
+            for k in range(taps.shape[1]):
+                h.addcmul_(taps[:, k], self.matrix[k])  # the only in-place addcmul: MACs counted by it
         else:
-            if self.depthwise:  # sum over the k² taps of tap × weight, channel by channel
-                h = taps.new_zeros(m, self.out_channels) if out is None else out[:m].zero_()
-                for k in range(taps.shape[1]):
-                    h.addcmul_(taps[:, k], self.matrix[k])  # the only in-place addcmul: MACs counted by it
-            else:
-                g = self.groups
-                grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
-                h = torch.bmm(grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
-                h = h.contiguous() if out is None else out[:m].copy_(h)
-        self._normalize(h)
-        if out is None:
-            return h
-        out[m].zero_()
-        return out
+            g = self.groups
+            grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
+            h = torch.baddbmm(self.bias.view(g, 1, -1), grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
+        if residual is not None:
+            h.add_(residual)
+        return _activate(h, act)
 
     def sliced(self, in_channels: Tensor | None, out_channels: Tensor | None, group: int = 1) -> "PackedConv":
         """The same convolution restricted to some input and/or output channels.
@@ -133,10 +235,12 @@ class PackedConv:
         a run at a time.
         """
         part = object.__new__(PackedConv)
-        part.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("weight", "matrix")})
+        part.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k not in ("weight", "matrix", "_onednn_map", "_onednn_gemm")})
+        part.sliced_copy = True
         weight = self.weight.permute(0, 2, 3, 1)  # (C_out, kh, kw, C_in/groups), contiguous
         if out_channels is not None:
-            part.scale, part.shift = self.scale[out_channels], self.shift[out_channels]
+            part.bias = self.bias[out_channels]
             part.out_channels = out_channels.numel()
         if self.depthwise:
             part.groups = part.in_channels = out_channels.numel()
@@ -161,7 +265,7 @@ class PackedConv:
             if in_channels is not None:
                 weight = select_channels(weight, 3, in_channels, group)
                 part.in_channels = in_channels.numel()
-        part.__dict__["weight"] = weight.permute(0, 3, 1, 2)  # channels-last view
+        part.weight = weight.permute(0, 3, 1, 2)  # channels-last view
         return part
 
 

@@ -5,7 +5,7 @@ rows. A convolution evaluated at a set of output pixels only needs, for each of 
 ``k×k`` input rows of its receptive field: :func:`neighbor_table` lists them once per
 shape, so computing a convolution at ``m`` pixels is one gather of ``m·k²`` rows and one
 GEMM (see :mod:`laudnet.sparse.packed`). Chaining convolutions, each unit is computed
-only at the pixels the next one needs (:func:`needed_rows`): the halo is computed once,
+only at the pixels the next one needs (:func:`receptive_mask`): the halo is computed once,
 never recomputed per patch. Nothing here knows about gates.
 """
 
@@ -16,6 +16,8 @@ import functools
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from .extension import extension
 
 
 @functools.lru_cache(maxsize=32)
@@ -42,22 +44,21 @@ def neighbor_table(batch: int, in_size: tuple[int, int], out_size: tuple[int, in
 
 def compact_index(rows: Tensor, total: int) -> Tensor:
     """``(total + 1,)`` map from full-map row to its position among ``rows``; every other
-    row, and the padding row ``total``, maps to ``len(rows)`` (the zero row of a compact
-    buffer, see :func:`gather_taps`)."""
+    row, and the padding row ``total``, maps to ``len(rows)``, which :func:`gather_taps`
+    reads as zeros."""
     index = torch.full((total + 1,), rows.numel(), dtype=torch.long, device=rows.device)
     index[rows] = torch.arange(rows.numel(), device=rows.device)
     return index
 
 
-def gather_taps(source: Tensor, taps: Tensor, zero_row: bool = False) -> Tensor:
-    """Rows of ``source`` (``(N, C)``) at ``taps`` (``(m, k²)``): ``(m, k², C)``.
-
-    Taps ``>= N`` stand for zero padding and read zeros; with ``zero_row`` the last row of
-    ``source`` is zeros and the padding taps point at it (one gather, no fix-up)."""
+def gather_taps(source: Tensor, taps: Tensor) -> Tensor:
+    """Rows of ``source`` (``(N, C)``) at ``taps`` (``(m, k²)``): ``(m, k², C)``. Taps
+    ``>= N`` stand for zero padding (or pixels not computed) and read zeros."""
+    kernels = extension() if source.device.type == "cpu" else None
+    if kernels is not None and source.dtype == torch.float32 and source.is_contiguous():
+        return kernels.gather_rows(source, taps)
     m, k2 = taps.shape
     flat = taps.reshape(-1)
-    if zero_row:
-        return source.index_select(0, flat).view(m, k2, -1)
     rows = source.shape[0]
     cols = source.index_select(0, flat.clamp(max=rows - 1))
     padded = (flat >= rows).nonzero().squeeze(1)

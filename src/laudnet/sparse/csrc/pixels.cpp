@@ -157,9 +157,35 @@ torch::Tensor add_rows(torch::Tensor identity, torch::Tensor h, torch::Tensor ro
   return out;
 }
 
+// Rows of ``source`` (N, C) at ``taps`` (m, k2): (m, k2, C); taps >= N (zero padding, or
+// pixels that were not computed) read zeros. One pass, no index fix-up.
+torch::Tensor gather_rows(torch::Tensor source, torch::Tensor taps) {
+  TORCH_CHECK(source.dim() == 2 && source.is_contiguous() && source.scalar_type() == torch::kFloat,
+              "gather_rows takes contiguous float32 (N, C) rows");
+  TORCH_CHECK(taps.dim() == 2 && taps.scalar_type() == torch::kLong, "gather_rows takes (m, k2) int64 taps");
+  auto index = taps.contiguous();
+  const int64_t n = source.size(0), channels = source.size(1), m = index.size(0), k2 = index.size(1);
+  auto out = torch::empty({m, k2, channels}, source.options());
+  const float* src = source.data_ptr<float>();
+  const int64_t* t = index.data_ptr<int64_t>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, m * k2, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t r = t[j];
+      float* o = dst + j * channels;
+      if (r >= 0 && r < n)
+        std::copy(src + r * channels, src + (r + 1) * channels, o);
+      else
+        std::fill(o, o + channels, 0.f);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spatial_rows", &spatial_rows, "rows and taps of every unit of a spatial block");
   m.def("add_rows", &add_rows, "residual add and activation at some pixel rows");
+  m.def("gather_rows", &gather_rows, "gathered taps, zeros for padding taps");
 }
