@@ -11,6 +11,8 @@ import laudnet
 from laudnet.blocks import DynamicBasicBlock, DynamicBottleneck
 from laudnet.config import StageConfig
 from laudnet.dynamic import count_executed_macs
+from laudnet.engine import channel
+from laudnet.sparse import expand_groups, samples_by_channels
 
 from conftest import assert_close_to_scale, randomize_norms
 
@@ -187,9 +189,7 @@ def test_set_execution_rejects_unknown_mode():
 @pytest.mark.parametrize("run_pixels", [0, 10 ** 9])  # one run per channel mask / one run on their union
 @pytest.mark.parametrize("paradigm", ["channel", "layer+channel"])
 def test_channel_runs_per_mask_and_on_the_union_agree(run_pixels, paradigm, monkeypatch):
-    from laudnet.blocks import base
-
-    monkeypatch.setattr(base, "CHANNEL_RUN_PIXELS", run_pixels)
+    monkeypatch.setattr(channel, "CHANNEL_RUN_PIXELS", run_pixels)
     block = make_block(DynamicBottleneck, 1, 32, 8, StageConfig(paradigm, 2), gate_scale=True)
     randomize_gates(block, seed=3)
     x = torch.randn(6, 32, 7, 9)
@@ -198,8 +198,8 @@ def test_channel_runs_per_mask_and_on_the_union_agree(run_pixels, paradigm, monk
     assert_close_to_scale(sparse, masked)
     running = block.last_decision.channel if block.last_decision.layer is None else \
         block.last_decision.channel[block.last_decision.layer > 0]
-    assert len(base.samples_by_channels(running)) > 1  # the samples' masks differ
-    runs, union = block._channel_runs(base.expand_groups(running, 2, 8), 63)
+    assert len(samples_by_channels(running)) > 1  # the samples' masks differ
+    runs, union = channel.channel_runs(expand_groups(running, 2, 8), 63)
     assert (union is None) == (run_pixels == 0)
     assert count_executed_macs(block, x) == float(block.last.macs.sum())
     block.train()  # training: the MAC count stays a function of each sample's own mask

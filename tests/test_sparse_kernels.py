@@ -82,7 +82,7 @@ def test_sliced_convolution_equals_the_masked_one(groups):
 @pytest.mark.parametrize("patch, rate", [(1, 0.3), (2, 0.5), (3, 0.9), (4, 1.0), (2, 0.0)])
 def test_cpp_rows_and_taps_equal_the_pytorch_ones(block_type, stride, patch, rate):
     from laudnet.blocks import DynamicBasicBlock, DynamicBottleneck, FixedDecisions
-    from laudnet.blocks.base import DENSE_FRACTION
+    from laudnet.engine.spatial import DENSE_FRACTION, unit_masks
     from laudnet.config import StageConfig
     from laudnet.sparse.extension import extension
 
@@ -94,9 +94,9 @@ def test_cpp_rows_and_taps_equal_the_pytorch_ones(block_type, stride, patch, rat
     block = block_cls(16, 16 if block_type == "basic" else 4, stride, down, config=StageConfig("spatial", patch))
     x = torch.randn(3, 16, 11, 9)
     decision = FixedDecisions(rate, seed=4).decide(block, x)
-    sizes = block._sizes(11, 9)
-    _, rows = block.unit_masks(block._spatial_mask(decision, sizes[-1]), sizes, with_rows=True)
-    active, cpp_rows, cpp_taps = kernels.spatial_rows(decision.spatial, patch, block._geometry(11, 9), DENSE_FRACTION)
+    sizes = block.branch.sizes(11, 9)
+    _, rows = unit_masks(block.branch, block._spatial_mask(decision, sizes[-1]), sizes, with_rows=True)
+    active, cpp_rows, cpp_taps = kernels.spatial_rows(decision.spatial, patch, block.branch.geometry(11, 9), DENSE_FRACTION)
     assert torch.equal(active, block._spatial_mask(decision, sizes[-1]).reshape(-1).nonzero().squeeze(1))
     for i, (unit, mine, theirs, taps) in enumerate(zip(block.units(), rows, cpp_rows, cpp_taps)):
         assert (mine is None) == (theirs is None)

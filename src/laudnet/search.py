@@ -221,7 +221,7 @@ class SearchSpace:
                 self.options.append([])
                 continue
             first = blocks[names_in_stage[0]]
-            side = min(first._sizes(*self.shapes[names_in_stage[0]][1:])[-1])
+            side = min(first.branch.sizes(*self.shapes[names_in_stage[0]][1:])[-1])
             self.options.append([("spatial", s) for s in spatial_candidates(side)]
                                 + [("channel", g) for g in channel_candidates(first.inner_channels,
                                                                               _group_width(first))]

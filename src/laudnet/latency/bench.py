@@ -217,7 +217,8 @@ def block_suite(quick: bool = False, batches: Iterable[int] = (1, 8)) -> list[di
 
 
 NETWORK_SPECS = {
-    "resnet": [("spatial", "4-4-2-1"), ("spatial", "8-4-2-2"), ("channel", "4"), ("layer", None)],
+    "resnet": [("spatial", "4-4-2-1"), ("spatial", "8-4-2-2"), ("spatial", "8-8-7-7"), ("channel", "4"),
+               ("channel", "8"), ("channel", "16"), ("layer", None)],
     # the models' default granularities (see laudnet.models.regnet / .mobilenet)
     "other": [("spatial", None), ("channel", None), ("layer", None)],
 }

@@ -212,8 +212,8 @@ def epilogue_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Calla
         total = batch * side * side
         rows = None if rng.random() < 0.3 else _rows(rng, total, max(1, int(total * rng.uniform(0.05, 0.95))))
         h = torch.randn(total if rows is None else rows.numel(), channels)
-        op = block._plan_epilogue(batch, [(side, side)], None if rows is None else rows.numel())[0]
-        yield op, (lambda b=block, i=identity, h=h, r=rows: b._add_rows(i, i, h, r))
+        op = block.branch.plan_epilogue(batch, [(side, side)], None if rows is None else rows.numel())[0]
+        yield op, (lambda b=block, i=identity, h=h, r=rows: b.branch.add_rows(i, i, h, r))
 
 
 def slice_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable]]:
@@ -221,7 +221,7 @@ def slice_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callable
         channels = int(rng.choice([256, 512, 1024, 2048]))
         granularity = int(rng.choice([1, 2, 4, 8, 16]))
         block = _bottleneck(channels, "channel", granularity)
-        packed = block._packed()
+        packed = block.branch.packed()
         rate = float(rng.uniform(0.1, 0.9))
         op = next(o for o in block.plan((channels, 7, 7), 1, rate) if o.kind == "slice")
         keep = int(rate * block.channel_masker.outputs + 0.5)

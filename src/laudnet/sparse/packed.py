@@ -56,15 +56,6 @@ def select_channels(tensor: Tensor, dim: int, channels: Tensor, group: int = 1) 
     return picked.reshape(shape[:dim] + [channels.numel()] + shape[dim + 1:])
 
 
-def channels_last_weight(conv: nn.Conv2d) -> Tensor:
-    """``conv.weight`` in channels-last memory, re-laid in place (values unchanged) if needed."""
-    weight = conv.weight
-    if weight.dim() == 4 and not weight.is_contiguous(memory_format=torch.channels_last):
-        with torch.no_grad():
-            weight.data = weight.data.contiguous(memory_format=torch.channels_last)
-    return weight.detach()
-
-
 def _activate(h: Tensor, act: Activation) -> Tensor:
     return h if act is None else act(h, inplace=True)
 

@@ -1,0 +1,8 @@
+"""The sparse engine: a block's branch run where its decision says, one executor per
+paradigm (:mod:`.spatial`, :mod:`.channel`, :mod:`.layer`), on the kernels of
+:mod:`laudnet.sparse`, chosen by measurement. It knows nothing about gates."""
+
+from . import channel, layer, spatial
+from .branch import Branch, Unit, excite, se_macs
+
+__all__ = ["Branch", "Unit", "channel", "excite", "layer", "se_macs", "spatial"]
