@@ -101,6 +101,7 @@ class PackedConv:
         self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
         self.input_index: Tensor | None = None  # for sliced grouped convolutions: the inputs they read
         self.sliced_copy = False  # made per call by :meth:`sliced`: packing would cost every call
+        self._chosen: dict[tuple, Callable] = {}  # operand sizes → the chosen backend's method
 
     # ----------------------------------------------------------------- operands
     @functools.cached_property
@@ -168,31 +169,34 @@ class PackedConv:
                            None if residual is None else _rows_as_map(residual))
         return _rows_of(out)
 
-    def _run(self, kind: str, shape: str, operand: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
-        """Run ``kind`` (``map`` or ``gemm``) on the backend chosen for this shape."""
-        run = {"aten": getattr(self, f"_{kind}_aten")}
-        if onednn_available(operand):
-            run["onednn"] = getattr(self, f"_{kind}_onednn")
-        key = (f"{kind}:{shape}:{'sliced' if self.sliced_copy else 'packed'}:"
-               f"{getattr(act, '__name__', act)}:{'residual' if residual is not None else '-'}")
-        backend = tuning.choose(key, {name: (lambda f=f: f(operand, act, residual))  # a residual is only read
-                                      for name, f in run.items()})
-        return run[backend](operand, act, residual)
+    def _run(self, kind: str, size: tuple, operand: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        """Run ``kind`` (``map`` or ``gemm``) on the backend chosen for operands of ``size``
+        (remembered per operator: this runs for every unit of every block)."""
+        memo = (kind, size, act, residual is None, operand.dtype, operand.device.type, tuning.forced())
+        run = self._chosen.get(memo)
+        if run is None:
+            runs = {"aten": getattr(self, f"_{kind}_aten")}
+            if onednn_available(operand):
+                runs["onednn"] = getattr(self, f"_{kind}_onednn")
+            key = (f"{kind}:{'x'.join(map(str, size))}>{self.out_channels}:k{self.kernel}s{self.stride}"
+                   f"p{self.padding}d{self.dilation}g{self.groups}:{'sliced' if self.sliced_copy else 'packed'}:"
+                   f"{getattr(act, '__name__', act)}:{'residual' if residual is not None else '-'}")
+            backend = tuning.choose(key, {name: (lambda f=f: f(operand, act, residual))  # a residual is only read
+                                          for name, f in runs.items()})
+            run = self._chosen[memo] = runs[backend]
+        return run(operand, act, residual)
 
     # ----------------------------------------------------------------- operators
     def map(self, x: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
         """``act(conv(x) + bias [+ residual])`` on a whole ``(B, C_in, H, W)`` channels-last
         map; a channels-last ``(B, C_out, H', W')`` result."""
         x = x.contiguous(memory_format=torch.channels_last)
-        shape = (f"{tuple(x.shape)}>{self.out_channels}:k{self.kernel}s{self.stride}p{self.padding}"
-                 f"d{self.dilation}g{self.groups}")
-        return self._run("map", shape, x, act, residual)
+        return self._run("map", tuple(x.shape), x, act, residual)
 
     def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
         """``act(a @ matrix + bias [+ residual])`` on ``(m, k²·C_in)`` rows (standard
-        convolutions): ``(m, C_out)``."""
-        shape = f"{_bucket(a.shape[0])}x{a.shape[1]}>{self.out_channels}"
-        return self._run("gemm", shape, a, act, residual)
+        convolutions): ``(m, C_out)``; row counts within a power of two share a choice."""
+        return self._run("gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual)
 
     def map_rows(self, x: Tensor, act: Activation = None) -> Tensor:
         """:meth:`map` as ``(B·H'·W', C_out)`` pixel rows."""
@@ -229,6 +233,7 @@ class PackedConv:
         part.__dict__.update({k: v for k, v in self.__dict__.items()
                               if k not in ("weight", "matrix", "_onednn_map", "_onednn_gemm")})
         part.sliced_copy = True
+        part._chosen = {}
         weight = self.weight.permute(0, 2, 3, 1)  # (C_out, kh, kw, C_in/groups), contiguous
         if out_channels is not None:
             part.bias = self.bias[out_channels]
@@ -263,11 +268,14 @@ class PackedConv:
 def pack_key(pairs: list[tuple[nn.Conv2d, nn.Module]]) -> tuple:
     """Identity and version of the tensors of (convolution, norm) pairs: changes when a
     weight or a batch-norm statistic is updated in place or replaced, so packed operands
-    are rebuilt."""
+    are rebuilt. (Reads the modules' tensor dictionaries directly: this runs on every
+    sparse forward pass of every block.)"""
     key = []
-    for conv, norm in pairs:
-        for t in (conv.weight, conv.bias, getattr(norm, "weight", None), getattr(norm, "bias", None),
-                  getattr(norm, "running_mean", None), getattr(norm, "running_var", None)):
-            if t is not None:
-                key.append((t.data_ptr(), t._version))
+    for pair in pairs:
+        for module in pair:
+            for tensors in (module._parameters, module._buffers):
+                for t in tensors.values():
+                    if t is not None:
+                        key.append(t.data_ptr())
+                        key.append(t._version)
     return tuple(key)

@@ -52,6 +52,11 @@ def force_backend(backend: str | None) -> None:
     _forced = backend
 
 
+def forced() -> str | None:
+    """The backend every operator is forced onto, if any."""
+    return _forced
+
+
 @contextlib.contextmanager
 def forced_backend(backend: str | None) -> Iterator[None]:
     """:func:`force_backend` for a ``with`` block."""
