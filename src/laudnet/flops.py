@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .gates import Masker
+from .static_pass import static_pass
+
 
 def conv_macs(conv: nn.Conv2d, out_height: int, out_width: int,
               in_channels: int | None = None, out_channels: int | None = None) -> int:
@@ -37,17 +40,11 @@ def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int
 def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs per sample of ``model`` without gates, for inputs of shape ``(C, H, W)``.
 
-    Runs one forward pass on zeros with every dynamic block in ``static`` execution and
-    counts convolutions and linear layers outside the maskers. Works for plain torchvision
-    models too. Block records, execution modes and train/eval flags are restored.
+    Runs one forward pass on zeros as the static network (:func:`static_pass`) and counts
+    convolutions and linear layers outside the maskers. Works for plain torchvision models
+    too.
     """
-    from .blocks.base import DynamicBlock
-    from .gates import Masker
-
     inside_maskers = {id(sub) for m in model.modules() if isinstance(m, Masker) for sub in m.modules()}
-    blocks = [m for m in model.modules() if isinstance(m, DynamicBlock)]
-    saved_blocks = [(b, b.execution, b.last, b.last_decision) for b in blocks]
-    saved_training = [(m, m.training) for m in model.modules()]
     total = 0
 
     def count(module: nn.Module, inputs, output) -> None:
@@ -60,17 +57,10 @@ def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inside_maskers]
     try:
-        model.eval()
-        for block in blocks:
-            block.execution = "static"
         param = next(model.parameters())
-        with torch.no_grad():
+        with static_pass(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
     finally:
         for hook in hooks:
             hook.remove()
-        for block, execution, last, decision in saved_blocks:
-            block.execution, block.last, block.last_decision = execution, last, decision
-        for module, training in saved_training:
-            module.training = training
     return total

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..blocks.base import DynamicBlock, FixedDecisions
+from ..blocks.base import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
-from ..sparse.pixels import gather_taps, neighbor_table, pixel_rows, receptive_mask
+from ..sparse.pixels import gather_taps, neighbor_table, receptive_mask
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
 from .cost import MEMORY_KINDS, plan_cost
 from .hardware import Cache, Hardware, save_hardware, user_profile_dir

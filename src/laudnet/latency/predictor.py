@@ -19,8 +19,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..blocks.base import DynamicBlock
-from ..dynamic import NetworkStats, dynamic_blocks
+from ..dynamic import NetworkStats
 from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
+from ..static_pass import static_pass
 from .cost import Cost, plan_cost, total_cost
 from .hardware import Hardware, load_hardware
 
@@ -203,31 +204,18 @@ def _input_channels(model: nn.Module) -> int:
 @torch.no_grad()
 def walk_network(model: nn.Module, input_size: int = 224) -> NetworkWalk:
     """Record the operators of ``model`` for ``input_size × input_size`` inputs (one forward
-    pass of one sample; dynamic blocks run static and are recorded by input shape only).
-    Train/eval flags, execution modes and block records are restored."""
+    pass of one sample as the static network, :func:`static_pass`; dynamic blocks are
+    recorded by input shape only)."""
     if not (isinstance(input_size, int) and input_size > 0):
         raise ValueError(f"input size must be a positive integer, got {input_size!r}")
-    blocks = [b for _, b in dynamic_blocks(model)]
-    saved = [(b, b.execution, b.last) for b in blocks]
-    training = [(m, m.training) for m in model.modules()]
-    input_shape = getattr(model, "input_shape", None)
     param = next(model.parameters())
     recorder = _Recorder(model)
     try:
-        model.eval()
-        for block in blocks:
-            block.execution = "static"
         x = torch.zeros(1, _input_channels(model), input_size, input_size, dtype=param.dtype, device=param.device)
-        with recorder:
+        with static_pass(model), recorder:
             model(x)
     finally:
         recorder.close()
-        for block, execution, last in saved:
-            block.execution, block.last = execution, last
-        for module, flag in training:
-            module.training = flag
-        if input_shape is not None:
-            model.input_shape = input_shape
     return NetworkWalk(type(model).__name__, input_size, recorder.segments)
 
 

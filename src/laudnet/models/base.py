@@ -1,5 +1,6 @@
 """What every dynamic network has: its blocks, its stages, the shape of its last input and
-its execution mode (sparse execution runs the whole network channels-last)."""
+its execution mode (sparse inference runs the whole network channels-last, its static
+layers packed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import StageConfig
+from ..engine.static import StaticLayers
 
 
 class DynamicNetwork(nn.Module):
@@ -19,7 +21,13 @@ class DynamicNetwork(nn.Module):
         super().__init__()
         self.input_shape: tuple[int, ...] | None = None
         self.execution = "masked"  # set with the blocks' by laudnet.set_execution
+        self.static_layers = StaticLayers()  # stems, heads, blocks without gates in sparse inference
         self.register_forward_pre_hook(_prepare_input)
+
+    @property
+    def sparse_inference(self) -> bool:
+        """Whether the network runs on the sparse engine (sparse execution, eval mode)."""
+        return self.execution == "sparse" and not self.training
 
     @property
     def paradigm(self) -> str:
@@ -36,6 +44,6 @@ def _prepare_input(module: DynamicNetwork, args: tuple) -> tuple | None:
     max-pool over a channels-last map is an order of magnitude faster on CPUs)."""
     x = args[0]
     module.input_shape = tuple(x.shape[1:])
-    if module.execution == "sparse" and not module.training and x.dim() == 4:
+    if module.sparse_inference and x.dim() == 4:
         return (x.contiguous(memory_format=torch.channels_last), *args[1:])
     return None

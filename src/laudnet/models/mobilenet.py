@@ -133,7 +133,12 @@ class DynamicMobileNetV2(DynamicNetwork):
         return [self.features[start:end] for start, end in self._stage_bounds]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        if self.sparse_inference:  # the layers without gates on the engine's packed kernels
+            for layer in self.features:
+                x = layer(x) if isinstance(layer, DynamicInvertedResidual) else self.static_layers.run((layer,), x)
+        else:
+            x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
         return self.classifier(torch.flatten(x, 1))
 
 

@@ -115,7 +115,8 @@ class DynamicRegNet(DynamicNetwork):
         return list(self.trunk_output)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.trunk_output(self.stem(x))
+        x = self.static_layers.run((self.stem,), x) if self.sparse_inference else self.stem(x)
+        x = self.trunk_output(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

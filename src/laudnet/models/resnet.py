@@ -115,7 +115,10 @@ class DynamicResNet(DynamicNetwork):
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.stage_configs))]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.sparse_inference:
+            x = self.maxpool(self.static_layers.run((self.conv1, self.bn1, self.relu), x))
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = stage(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
