@@ -112,3 +112,26 @@ def test_cpp_rows_and_taps_equal_the_pytorch_ones(block_type, stride, patch, rat
         if i > 0 and rows[i - 1] is not None:
             expected = compact_index(rows[i - 1], 3 * sizes[i][0] * sizes[i][1])[expected]
         assert torch.equal(taps, expected)
+
+
+@pytest.mark.parametrize("backend", ["aten", "onednn"])
+def test_static_layers_run_packed_and_equal_their_modules(backend):
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    from laudnet.engine.static import StaticLayers
+    from laudnet.sparse import tuning
+    from laudnet.sparse.packed import onednn_available
+
+    if backend == "onednn" and not onednn_available(torch.zeros(1)):
+        pytest.skip("oneDNN unavailable")
+    layers = nn.Sequential(Conv2dNormActivation(3, 8, stride=2, activation_layer=nn.ReLU6), nn.MaxPool2d(2),
+                           InvertedResidual(8, 16, 2, 6), nn.Conv2d(16, 4, 1))
+    randomize_norms(layers).eval()
+    x = torch.randn(2, 3, 21, 19)
+    static = StaticLayers()
+    with torch.no_grad(), tuning.forced_backend(backend):
+        got = static.run((layers,), x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, layers(x), rtol=1e-4, atol=1e-4)
+    # conv+norm+act, pool, expansion, depthwise, projection (no activation), the lone convolution
+    assert [step[0] for step in static._plan((layers,))] == ["packed", "module", "packed", "packed", "packed", "module"]
