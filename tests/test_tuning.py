@@ -75,3 +75,21 @@ def test_every_backend_computes_the_folded_unit(backend, groups, stride, act):
     torch.testing.assert_close(plain, reference, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(added, with_residual, rtol=1e-4, atol=1e-4)
     assert plain.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_packed_weights_serve_only_the_shape_they_were_packed_for():
+    """oneDNN picks a weight layout by the input shape; a weight packed for one row count
+    and run on another can take a reference kernel 30-100x slower."""
+    if not onednn_available(torch.zeros(1)):
+        pytest.skip("oneDNN unavailable")
+    conv = nn.Conv2d(32, 16, 1, bias=False)
+    packed = PackedConv(conv, randomize_norms(nn.BatchNorm2d(16)).eval())
+    with torch.no_grad(), tuning.forced_backend("onednn"):
+        for m in (7, 16, 31):  # gathered rows: a different count every call, never packed
+            a = torch.randn(m, 32)
+            torch.testing.assert_close(packed.gemm(a), packed._gemm_aten(a, None, None), rtol=1e-4, atol=1e-4)
+        assert packed._onednn_packed == {}
+        for m in (49, 98):  # whole maps: packed once per row count
+            packed.gemm(torch.randn(m, 32), fixed_rows=True)
+            packed.gemm(torch.randn(m, 32), fixed_rows=True)
+    assert sorted(key[1] for key in packed._onednn_packed) == [49, 98]

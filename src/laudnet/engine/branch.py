@@ -171,7 +171,7 @@ class Branch:
             elif conv.kernel == 1 and conv.stride == 1:  # pointwise: the same pixels in and out
                 if source_rows is None and rows is not None:
                     source = source.index_select(0, rows)
-                h = conv.rows(source.unsqueeze(1), act, added)
+                h = conv.rows(source.unsqueeze(1), act, added, fixed_rows=rows is None)
             else:
                 taps = None if unit_taps is None else unit_taps[i]
                 if taps is None:
@@ -180,7 +180,7 @@ class Branch:
                     taps = table if rows is None else table.index_select(0, rows)
                     if source_rows is not None:
                         taps = compact_index(source_rows, batch * sizes[i][0] * sizes[i][1])[taps]
-                h = conv.rows(gather_taps(source, taps), act, added)
+                h = conv.rows(gather_taps(source, taps), act, added, fixed_rows=rows is None)
             if unit_mask is not None and i < last:
                 h.view(batch, -1, h.shape[1]).mul_(unit_mask[:, None, :])
             if unit.se is not None:

@@ -27,6 +27,9 @@ Activation = Callable[..., Tensor] | None
 ONEDNN_ACTIVATIONS: dict[Callable, tuple[str, list[float]]] = {F.relu: ("relu", []), F.relu6: ("hardtanh", [0.0, 6.0])}
 """Activations oneDNN fuses into a convolution, as its post-op name and scalars."""
 
+PACKED_SHAPES = 4
+"""Operand shapes (batch sizes, map sizes) per convolution whose packed weights are kept."""
+
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
@@ -102,6 +105,7 @@ class PackedConv:
         self.input_index: Tensor | None = None  # for sliced grouped convolutions: the inputs they read
         self.sliced_copy = False  # made per call by :meth:`sliced`: packing would cost every call
         self._chosen: dict[tuple, Callable] = {}  # operand sizes → the chosen backend's method
+        self._onednn_packed: dict[tuple, Tensor] = {}  # operand shape → weight in oneDNN's layout
 
     # ----------------------------------------------------------------- operands
     @functools.cached_property
@@ -113,25 +117,21 @@ class PackedConv:
             return w.reshape(self.out_channels, -1).t()
         return w.reshape(self.groups, self.out_channels // self.groups, -1).transpose(1, 2)
 
-    def _packed_map_weight(self, x: Tensor) -> Tensor:
-        """The weight in oneDNN's layout for a direct convolution, packed once."""
-        if self.sliced_copy:
-            return self.weight
-        if "_onednn_map" not in self.__dict__:
-            p, s, d = [self.padding] * 2, [self.stride] * 2, [self.dilation] * 2
-            self._onednn_map = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.contiguous(), p, s, d, self.groups, list(x.shape))
-        return self._onednn_map
-
-    def _packed_gemm_weight(self, m: int) -> Tensor:
-        """The GEMM operand as a 1×1 convolution weight in oneDNN's layout, packed once."""
-        weight = self.matrix.t().reshape(self.out_channels, -1, 1, 1)
-        if self.sliced_copy:
+    def _packed(self, key: tuple, weight: Tensor, conv: tuple, input_size: list[int]) -> Tensor:
+        """``weight`` in oneDNN's layout for inputs of exactly ``input_size``, packed once per
+        size. oneDNN picks the layout by the input's shape, and a weight packed for one shape
+        and run on another can fall to a reference kernel 30-100x slower (seen for GEMM row
+        counts such as 4, 16 or 31 against a weight packed for 1000): packed weights are
+        only ever used for the shape they were packed for."""
+        if self.sliced_copy:  # made per call: packing would cost every call
             return weight
-        if "_onednn_gemm" not in self.__dict__:
-            self._onednn_gemm = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.contiguous(), [0, 0], [1, 1], [1, 1], 1, [1, weight.shape[1], m, 1])
-        return self._onednn_gemm
+        packed = self._onednn_packed.get(key)
+        if packed is None:
+            if len(self._onednn_packed) >= PACKED_SHAPES:
+                self._onednn_packed.pop(next(iter(self._onednn_packed)))
+            packed = self._onednn_packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                weight.contiguous(), *conv, input_size)
+        return packed
 
     # ----------------------------------------------------------------- backends
     def _onednn(self, x: Tensor, weight: Tensor, conv: tuple, act: Activation, residual: Tensor | None) -> Tensor:
@@ -155,7 +155,8 @@ class PackedConv:
 
     def _map_onednn(self, x: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
         conv = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
-        return self._onednn(x, self._packed_map_weight(x), conv, act, residual)
+        weight = self._packed(("map", *x.shape), self.weight, conv, list(x.shape))
+        return self._onednn(x, weight, conv, act, residual)
 
     def _gemm_aten(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
         out = torch.addmm(self.bias, a, self.matrix)
@@ -163,11 +164,16 @@ class PackedConv:
             out.add_(residual)
         return _activate(out, act)
 
-    def _gemm_onednn(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+    def _gemm_onednn(self, a: Tensor, act: Activation, residual: Tensor | None, fixed_rows: bool = False) -> Tensor:
         conv = ([0, 0], [1, 1], [1, 1], 1)
-        out = self._onednn(_rows_as_map(a), self._packed_gemm_weight(a.shape[0]), conv, act,
-                           None if residual is None else _rows_as_map(residual))
+        weight = self.matrix.t().reshape(self.out_channels, -1, 1, 1)
+        if fixed_rows:  # the same row count every call: a weight packed for it is reused
+            weight = self._packed(("gemm", *a.shape), weight, conv, [1, a.shape[1], a.shape[0], 1])
+        out = self._onednn(_rows_as_map(a), weight, conv, act, None if residual is None else _rows_as_map(residual))
         return _rows_of(out)
+
+    def _packed_gemm_onednn(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        return self._gemm_onednn(a, act, residual, fixed_rows=True)
 
     def _run(self, kind: str, size: tuple, operand: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
         """Run ``kind`` (``map`` or ``gemm``) on the backend chosen for operands of ``size``
@@ -175,7 +181,7 @@ class PackedConv:
         memo = (kind, size, act, residual is None, operand.dtype, operand.device.type, tuning.forced())
         run = self._chosen.get(memo)
         if run is None:
-            runs = {"aten": getattr(self, f"_{kind}_aten")}
+            runs = {"aten": getattr(self, f"_{kind.split('_')[-1]}_aten")}
             if onednn_available(operand):
                 runs["onednn"] = getattr(self, f"_{kind}_onednn")
             key = (f"{kind}:{'x'.join(map(str, size))}>{self.out_channels}:k{self.kernel}s{self.stride}"
@@ -193,20 +199,27 @@ class PackedConv:
         x = x.contiguous(memory_format=torch.channels_last)
         return self._run("map", tuple(x.shape), x, act, residual)
 
-    def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
+    def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None,
+             fixed_rows: bool = False) -> Tensor:
         """``act(a @ matrix + bias [+ residual])`` on ``(m, k²·C_in)`` rows (standard
-        convolutions): ``(m, C_out)``; row counts within a power of two share a choice."""
+        convolutions): ``(m, C_out)``. ``fixed_rows``: the rows are whole maps, the same
+        count every call (oneDNN may then use a weight packed for that count; row counts of
+        gathered pixels vary, and within a power of two share a kernel choice)."""
+        if fixed_rows:
+            return self._run("packed_gemm", tuple(a.shape), a, act, residual)
         return self._run("gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual)
 
     def map_rows(self, x: Tensor, act: Activation = None) -> Tensor:
         """:meth:`map` as ``(B·H'·W', C_out)`` pixel rows."""
         return _rows_of(self.map(x, act))
 
-    def rows(self, taps: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
-        """``act(conv + bias [+ residual])``, ``(m, C_out)``, from gathered taps ``(m, k², C_in)``."""
+    def rows(self, taps: Tensor, act: Activation = None, residual: Tensor | None = None,
+             fixed_rows: bool = False) -> Tensor:
+        """``act(conv + bias [+ residual])``, ``(m, C_out)``, from gathered taps ``(m, k², C_in)``
+        (``fixed_rows``: see :meth:`gemm`)."""
         m = taps.shape[0]
         if self.groups == 1:
-            return self.gemm(taps.reshape(m, -1), act, residual)
+            return self.gemm(taps.reshape(m, -1), act, residual, fixed_rows)
         if self.depthwise:  # sum over the k² taps of tap × weight, channel by channel
             h = self.bias.expand(m, -1).clone()
             for k in range(taps.shape[1]):
@@ -231,9 +244,9 @@ class PackedConv:
         """
         part = object.__new__(PackedConv)
         part.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k not in ("weight", "matrix", "_onednn_map", "_onednn_gemm")})
+                              if k not in ("weight", "matrix", "_onednn_packed", "_chosen")})
         part.sliced_copy = True
-        part._chosen = {}
+        part._chosen, part._onednn_packed = {}, {}
         weight = self.weight.permute(0, 2, 3, 1)  # (C_out, kh, kw, C_in/groups), contiguous
         if out_channels is not None:
             part.bias = self.bias[out_channels]
