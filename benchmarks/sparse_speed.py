@@ -1,6 +1,8 @@
-"""Sparse against dense wall-clock speed of ResNet-50 blocks and whole ResNet-50/101.
+"""Sparse against dense wall-clock speed of ResNet-50 blocks and of whole networks, against
+the static network in torch eager, ONNX Runtime and OpenVINO.
 
     python benchmarks/sparse_speed.py --out benchmarks/results/sparse_speed [--quick] [--suite blocks]
+        [--arch resnet50,mobilenet_v2] [--rates 0.5,1]
 
 Writes CSV, JSON and markdown tables (see laudnet.latency.bench). The same as
 ``laudnet bench``. Never run from the tests: timings are measured, not asserted.
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from laudnet.latency.bench import run_suite
+from laudnet.latency.bench import RATES, run_suite
 
 
 def main() -> None:
@@ -21,9 +23,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer configurations and repeats")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--arch", type=lambda v: v.split(","), default=None, help="networks, e.g. resnet50,mobilenet_v2")
+    parser.add_argument("--rates", type=lambda v: [float(r) for r in v.split(",")], default=list(RATES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for name, path in run_suite(args.out, args.suite, args.quick, args.batch).items():
+    for name, path in run_suite(args.out, args.suite, args.quick, args.batch, archs=args.arch,
+                                rates=args.rates).items():
         print(f"{name}: {path}")
 
 
