@@ -3,7 +3,8 @@
 A dynamic network has delivered only if it beats the static network run the fastest way
 the machine offers: PyTorch eager (NCHW and channels-last), and the network exported to
 ONNX and run in ONNX Runtime or OpenVINO (fp32, as many threads as PyTorch uses). The two
-runtimes are optional (``pip install laudnet[bench]``); a missing one is skipped with a note.
+runtimes and the ONNX exporter's ``onnx`` package are optional (``pip install laudnet[bench]``);
+a missing runtime is skipped, and the tables' machine line says which ran.
 
 Two traps are avoided: ONNX Runtime's worker threads spin after a call and steal the next
 runner's cores (spinning is turned off), and OpenVINO's default precision on CPUs with
@@ -26,7 +27,10 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 def available_runtimes() -> list[str]:
-    """The static runtimes installed here."""
+    """The static runtimes installed here (none without the ``onnx`` package: PyTorch's
+    exporter needs it)."""
+    if importlib.util.find_spec("onnx") is None:
+        return []
     return [name for name in RUNTIMES if importlib.util.find_spec(name) is not None]
 
 
@@ -70,7 +74,7 @@ def runtime_versions() -> str:
     for name in available_runtimes():
         module = importlib.import_module(name)
         versions.append(f"{name} {getattr(module, '__version__', '?')}")
-    return ", ".join(versions) or "no ONNX Runtime / OpenVINO (pip install laudnet[bench])"
+    return ", ".join(versions) or "no ONNX Runtime / OpenVINO baselines (pip install laudnet[bench])"
 
 
 def dense_baselines(reference: nn.Module, x: Tensor, runtimes: bool = True) -> dict[str, Callable[[], object]]:
@@ -87,8 +91,7 @@ def dense_baselines(reference: nn.Module, x: Tensor, runtimes: bool = True) -> d
     if runtimes and x.device.type == "cpu" and x.dtype == torch.float32 and available_runtimes():
         onnx = onnx_bytes(reference, x)
         threads = torch.get_num_threads()
-        if importlib.util.find_spec("onnxruntime") is not None:
-            baselines["onnxruntime"] = onnxruntime_runner(onnx, x, threads)
-        if importlib.util.find_spec("openvino") is not None:
-            baselines["openvino"] = openvino_runner(onnx, x, threads)
+        runners = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
+        for name in available_runtimes():
+            baselines[name] = runners[name](onnx, x, threads)
     return baselines
