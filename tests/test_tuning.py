@@ -93,3 +93,16 @@ def test_packed_weights_serve_only_the_shape_they_were_packed_for():
             packed.gemm(torch.randn(m, 32), fixed_rows=True)
             packed.gemm(torch.randn(m, 32), fixed_rows=True)
     assert sorted(key[1] for key in packed._onednn_packed) == [49, 98]
+
+
+def test_machine_key_names_the_cpu_and_changes_with_the_threads():
+    from laudnet.machine import cpu_field, cpu_name
+
+    key = tuning.machine_key()
+    assert cpu_name() in key and (cpu_field("model name") or "") in cpu_name()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert tuning.machine_key() != key  # choices measured on other thread counts are not reused
+    finally:
+        torch.set_num_threads(threads)

@@ -15,8 +15,6 @@ import functools
 import itertools
 import json
 import math
-import os
-import platform
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -30,6 +28,7 @@ from ..blocks.base import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
 from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
+from ..machine import cores, cpu_name
 from ..models import convert
 from .measure import interleaved, ratio
 from .runtimes import dense_baselines, runtime_versions
@@ -247,13 +246,7 @@ def network_suite(quick: bool = False, batches: Iterable[int] = (1, 8), archs: I
 
 def machine_description() -> str:
     """CPU model, core count and library versions, for the tables."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+    return (f"{cpu_name()}, {cores()} cores, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, torchvision {torchvision.__version__}, {runtime_versions()}")
 
 

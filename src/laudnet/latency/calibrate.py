@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import math
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from torch.nn import functional as F
 from ..blocks.base import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
+from ..machine import cpu_field, cpu_flags, cpu_name
 from ..sparse.pixels import gather_taps, neighbor_table, receptive_mask
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
 from .cost import MEMORY_KINDS, plan_cost
@@ -94,25 +94,9 @@ def time_call(fn: Callable[[], object], repeats: int = 7, min_ms: float = 2.0, s
 
 
 # --------------------------------------------------------------------------------- the machine
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return set()
-
-
-def _cpuinfo(key: str) -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
-    except (OSError, StopIteration):
-        return None
-
-
 def fp32_lanes() -> int:
     """FP32 FMA lanes per core and cycle, from the vector extensions (two FMA units assumed)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512f" in flags:
         return 32
     if "avx2" in flags and "fma" in flags:
@@ -142,8 +126,7 @@ def cache_sizes_kb(threads: int) -> list[tuple[str, float]]:
 
 
 def machine_title(threads: int) -> str:
-    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
-    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''} (this machine)"
+    return f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''} (this machine)"
 
 
 # --------------------------------------------------------------------------------- benchmarks
@@ -488,7 +471,7 @@ def fit_report(samples: list[Sample], hw: Hardware) -> dict[str, dict[str, float
 
 def starting_profile(threads: int) -> Hardware:
     """Datasheet-style starting point for this machine (before fitting)."""
-    clock = float(_cpuinfo("cpu MHz") or 2500.0) / 1000
+    clock = float(cpu_field("cpu MHz") or 2500.0) / 1000
     caches = tuple(Cache(level, kb, bw) for (level, kb), bw in zip(cache_sizes_kb(threads), (200.0, 80.0, 40.0, 30.0)))
     memory = {kind: dict(efficiency=1.0, overhead_us=3.0, row_ns=0.0) for kind in MEMORY_KINDS}
     matmul = dict(efficiency=0.8, m_half=8.0, k_half=16.0, n_half=16.0, overhead_us=5.0, packing_gbs=10.0,

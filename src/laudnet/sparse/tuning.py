@@ -21,13 +21,14 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
+
+from ..machine import cores, cpu_flags, cpu_name
 
 BACKENDS = ("aten", "onednn")
 ROUNDS = 5
@@ -69,19 +70,10 @@ def forced_backend(backend: str | None) -> Iterator[None]:
 
 
 def machine_key() -> str:
-    """What the cached choices depend on: CPU, cores, threads and library versions."""
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}|{flags}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
-    return f"{cpu} · {os.cpu_count()} cores · {torch.get_num_threads()} threads · torch {torch.__version__} · " \
-           + hashlib.sha1(text.encode()).hexdigest()[:10]
+    """What the cached choices depend on: CPU, its flags, cores, threads and torch's version."""
+    text = f"{cpu_name()}|{sorted(cpu_flags())}|{cores()}|{torch.get_num_threads()}|{torch.__version__}"
+    return (f"{cpu_name()} · {cores()} cores · {torch.get_num_threads()} threads · torch {torch.__version__} · "
+            + hashlib.sha1(text.encode()).hexdigest()[:10])
 
 
 def cache_path() -> Path:
