@@ -175,15 +175,15 @@ class PackedConv:
     def _packed_gemm_onednn(self, a: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
         return self._gemm_onednn(a, act, residual, fixed_rows=True)
 
-    def _run(self, kind: str, size: tuple, operand: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
-        """Run ``kind`` (``map`` or ``gemm``) on the backend chosen for operands of ``size``
-        (remembered per operator: this runs for every unit of every block)."""
+    def _run(self, kind: str, size: tuple, operand: Tensor, act: Activation, residual: Tensor | None,
+             aten: Callable[..., Tensor], onednn: Callable[..., Tensor]) -> Tensor:
+        """Run operator ``kind`` on operands of ``size`` with the backend chosen for it,
+        ``aten`` or ``onednn`` (remembered per operator: this runs for every unit of every
+        block)."""
         memo = (kind, size, act, residual is None, operand.dtype, operand.device.type, tuning.forced())
         run = self._chosen.get(memo)
         if run is None:
-            runs = {"aten": getattr(self, f"_{kind.split('_')[-1]}_aten")}
-            if onednn_available(operand):
-                runs["onednn"] = getattr(self, f"_{kind}_onednn")
+            runs = {"aten": aten, "onednn": onednn} if onednn_available(operand) else {"aten": aten}
             key = (f"{kind}:{'x'.join(map(str, size))}>{self.out_channels}:k{self.kernel}s{self.stride}"
                    f"p{self.padding}d{self.dilation}g{self.groups}:{'sliced' if self.sliced_copy else 'packed'}:"
                    f"{getattr(act, '__name__', act)}:{'residual' if residual is not None else '-'}")
@@ -197,7 +197,7 @@ class PackedConv:
         """``act(conv(x) + bias [+ residual])`` on a whole ``(B, C_in, H, W)`` channels-last
         map; a channels-last ``(B, C_out, H', W')`` result."""
         x = x.contiguous(memory_format=torch.channels_last)
-        return self._run("map", tuple(x.shape), x, act, residual)
+        return self._run("map", tuple(x.shape), x, act, residual, self._map_aten, self._map_onednn)
 
     def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None,
              fixed_rows: bool = False) -> Tensor:
@@ -206,8 +206,9 @@ class PackedConv:
         count every call (oneDNN may then use a weight packed for that count; row counts of
         gathered pixels vary, and within a power of two share a kernel choice)."""
         if fixed_rows:
-            return self._run("packed_gemm", tuple(a.shape), a, act, residual)
-        return self._run("gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual)
+            return self._run("packed_gemm", tuple(a.shape), a, act, residual, self._gemm_aten, self._packed_gemm_onednn)
+        return self._run("gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual, self._gemm_aten,
+                         self._gemm_onednn)
 
     def map_rows(self, x: Tensor, act: Activation = None) -> Tensor:
         """:meth:`map` as ``(B·H'·W', C_out)`` pixel rows."""
