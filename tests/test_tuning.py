@@ -106,3 +106,22 @@ def test_machine_key_names_the_cpu_and_changes_with_the_threads():
         assert tuning.machine_key() != key  # choices measured on other thread counts are not reused
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_choice_is_not_reused_at_another_thread_count(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAUDNET_CACHE_DIR", str(tmp_path))
+    tuning.clear_choices()
+    calls = []
+    candidates = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    tuning.choose("op:threads", candidates)
+    measured = len(calls)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        tuning.choose("op:threads", candidates)
+        assert len(calls) == 2 * measured  # measured again for this thread count
+    finally:
+        torch.set_num_threads(threads)
+    tuning.choose("op:threads", candidates)
+    assert len(calls) == 2 * measured  # the first thread count's choice is still known
+    tuning.clear_choices()

@@ -35,7 +35,8 @@ ROUNDS = 5
 """Interleaved timing rounds per candidate when a shape is first seen (after one warm-up)."""
 
 _forced: str | None = os.environ.get("LAUDNET_KERNEL") or None
-_choices: dict[str, str] | None = None
+_choices: dict[str, dict[str, str]] | None = None
+"""Machine key → operator key → backend; ``None`` until the cache file is read."""
 
 
 def _check_backend(backend: str | None) -> None:
@@ -83,14 +84,16 @@ def cache_path() -> Path:
 
 
 def _load() -> dict[str, str]:
+    """The choices for this machine as it is now (its thread count may change within a
+    process); the cache file is read once per process."""
     global _choices
     if _choices is None:
         try:
             saved = json.loads(cache_path().read_text())
-            _choices = dict(saved.get(machine_key(), {}))
+            _choices = {key: dict(value) for key, value in saved.items() if isinstance(value, dict)}
         except (OSError, ValueError, AttributeError):
             _choices = {}
-    return _choices
+    return _choices.setdefault(machine_key(), {})
 
 
 def _save() -> None:
