@@ -229,12 +229,12 @@ class DynamicBlock(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
-        if self.execution == "sparse":
+        sparse = self.execution == "sparse"
+        if sparse:
             if self.training:
                 raise RuntimeError("sparse execution is for inference: call model.eval() first, "
                                    "or use set_execution(model, 'masked') for training")
             x = x.contiguous(memory_format=torch.channels_last)
-        sparse = self.execution == "sparse"
         identity = self.branch.shortcut(x) if sparse else (x if self.downsample is None else self.downsample(x))
         if self.execution == "static" or self.config.paradigm == "none":
             self._pending, self.last_decision = (x.shape, x.device, None, None), None
