@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .evaluate import evaluate_checkpoint
+from .outputs import LOCK_FILE, claim
 from .report import write_report
 from .train.loop import RunSpec, TrainConfig, train
 
@@ -31,12 +32,12 @@ spatial path small on 48×48 images (feature maps of 48, 24 and 12: grids of 6×
 
 
 def _prepare(out_dir: Path) -> None:
-    """Make ``out_dir`` the demo's: replace a previous demo, refuse any other content."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / MARKER).exists():
-            raise ValueError(f"{out_dir} exists and is not a previous demo; choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Make the claimed ``out_dir`` the demo's: clear a previous demo, refuse any other content."""
+    entries = [entry for entry in out_dir.iterdir() if entry.name != LOCK_FILE]
+    if entries and not (out_dir / MARKER).exists():
+        raise ValueError(f"{out_dir} exists and is not a previous demo; choose another --out")
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def run_demo(out_dir: str | Path = "laudnet-demo", *, paradigm: str = "spatial", granularity: str | None = None,
@@ -45,7 +46,13 @@ def run_demo(out_dir: str | Path = "laudnet-demo", *, paradigm: str = "spatial",
     out_dir = Path(out_dir)
     student_spec = replace(DATA, paradigm=paradigm, granularity=granularity or GRANULARITY.get(paradigm))
     student_spec.build_model()  # reject a bad paradigm or granularity before training anything
-    _prepare(out_dir)
+    with claim(out_dir):
+        _prepare(out_dir)
+        return _run(out_dir, student_spec, paradigm, target, seed)
+
+
+def _run(out_dir: Path, student_spec: RunSpec, paradigm: str, target: float, seed: int) -> Path:
+    """Teacher, student, evaluations and report into the prepared ``out_dir``."""
     started = time.perf_counter()
     phases: dict[str, float] = {}
 

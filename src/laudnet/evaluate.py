@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from .dynamic import dynamic_blocks, set_execution, stats
 from .latency import interleaved, ratio
 from .latency.predictor import predict_walk, walk_network
+from .outputs import claim
 from .train.data import eval_loader, has_boxes
 from .train.distributed import Context, all_reduce_sum
 from .train.loop import RunSpec, load_checkpoint, model_from_checkpoint
@@ -234,8 +235,16 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, d
                         test_size: int | None = None, out_dir: str | Path | None = None, **kwargs) -> dict:
     """Evaluate a training checkpoint on its dataset's test split (or ``dataset`` / ``data``
     / ``test_size`` instead) and write ``eval.json`` and ``eval.md`` into ``out_dir``
-    (default: the checkpoint's directory). Keyword arguments go to :func:`evaluate`."""
+    (default: the checkpoint's directory), which is claimed (:func:`laudnet.outputs.claim`)
+    before the work starts. Keyword arguments go to :func:`evaluate`."""
     state = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir) if out_dir is not None else Path(state["path"]).parent
+    with claim(out_dir):
+        return _evaluate_into(state, out_dir, dataset, data, test_size, kwargs)
+
+
+def _evaluate_into(state: dict, out_dir: Path, dataset: str | None, data: str | None, test_size: int | None,
+                   kwargs: dict) -> dict:
     spec = RunSpec(**state["spec"])
     overrides = {k: v for k, v in (("dataset", dataset), ("data", data), ("test_size", test_size)) if v is not None}
     eval_spec = RunSpec(**{**state["spec"], **overrides})
@@ -245,8 +254,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, d
               "granularity": model.granularity, "dataset": eval_spec.dataset, "static_run": state["config"]["static"],
               "target": None if state["config"]["static"] else state["config"]["target"],
               "epochs": state["epoch"], **evaluate(model, splits.test, **kwargs)}
-    out_dir = Path(out_dir) if out_dir is not None else Path(state["path"]).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "eval.md").write_text(summary_markdown(result))
     result["json"] = str(out_dir / "eval.json")

@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .search import BUDGETS, SEARCH_PARADIGMS, TOLERANCE
+from .outputs import check_file
+from .search import BUDGETS, SEARCH_PARADIGMS, TOLERANCE, search
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from .search import search
-
     paradigms = tuple(word.strip().lower() for word in args.paradigms.split(","))
+    if args.out is not None:
+        check_file(args.out)
     result = search(args.arch, args.hardware, args.batch_size, args.target, args.budget, paradigms,
                     args.input_size, args.tolerance)
     if args.out is not None:

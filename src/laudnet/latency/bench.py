@@ -23,6 +23,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck
+from tqdm import tqdm
 
 from ..blocks.base import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
@@ -30,6 +31,7 @@ from ..config import StageConfig
 from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
 from ..machine import cores, cpu_name
 from ..models import convert
+from ..outputs import claim
 from .measure import interleaved, ratio
 from .runtimes import dense_baselines, runtime_versions
 
@@ -308,14 +310,18 @@ def run_suite(out_dir: Path, suite: str = "all", quick: bool = False, batches: I
               rates: Iterable[float] = RATES) -> dict[str, Path]:
     """Run the block and/or network benchmarks and write their tables into ``out_dir``:
     ``blocks.*`` (every configuration), ``blocks_best.*`` (best granularity per stage),
-    ``networks.*``."""
-    from tqdm import tqdm
-
+    ``networks.*``. ``out_dir`` is claimed (:func:`laudnet.outputs.claim`) before the work."""
     if suite not in ("all", "blocks", "networks"):
         raise ValueError(f"benchmark suite {suite!r} is unknown; allowed: all, blocks, networks")
     batches = tuple(batches)
     if suite in ("all", "networks"):
         network_suite(quick, batches, archs, rates)  # bad names and rates fail before any work
+    with claim(out_dir):
+        return _run_suite(out_dir, suite, quick, batches, progress, archs, rates)
+
+
+def _run_suite(out_dir: Path, suite: str, quick: bool, batches: tuple[int, ...], progress: bool,
+               archs: Iterable[str] | None, rates: Iterable[float]) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     if suite in ("all", "blocks"):
         configs = block_suite(quick, batches)

@@ -39,6 +39,7 @@ from ..blocks.base import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
 from ..machine import cpu_field, cpu_flags, cpu_name
+from ..outputs import check_file
 from ..sparse.pixels import gather_taps, neighbor_table, receptive_mask
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
 from .cost import MEMORY_KINDS, plan_cost
@@ -495,12 +496,12 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    path = check_file(out if out is not None else user_profile_dir() / "local.json", "profile path")
     allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
     started = time.perf_counter()
     samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
     hw = fit(samples, starting_profile(threads))
     report = fit_report(samples, hw)
-    path = Path(out) if out is not None else user_profile_dir() / "local.json"
     data = hw.to_dict()
     data["name"] = path.stem
     data["sources"] = [f"measured by `laudnet latency calibrate` on {datetime.date.today().isoformat()} "

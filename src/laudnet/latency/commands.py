@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..outputs import check_directory, claim
+
 DEFAULT_THREADS = 2
 
 
@@ -143,6 +145,8 @@ def predict_command(args: argparse.Namespace) -> int:
 def calibrate_command(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
+    if args.report_dir is not None:
+        check_directory(args.report_dir, "--report-dir")
     hw, report = calibrate(args.out, args.threads, args.scale, args.repeats, args.seed, statistic=args.statistic)
     lines = [f"wrote profile {hw.name!r} to {hw.path}", "fit on the calibration measurements:"]
     lines += [f"  {family:<12} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
@@ -162,9 +166,10 @@ def validate_command(args: argparse.Namespace) -> int:
 
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
-    result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic,
-                      paradigms=paradigms)
-    paths = result.write(args.out)
+    with claim(args.out):
+        result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic,
+                          paradigms=paradigms)
+        paths = result.write(args.out)
     print(result.markdown().split("\n| configuration")[0].rstrip())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

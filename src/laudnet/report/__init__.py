@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ..outputs import claim
 from .masks import decision_map, mask_overlays
 from .plots import accuracy_vs_flops, block_rates, label
 
@@ -78,9 +79,12 @@ def write_report(evals: Sequence[str | Path | dict], out_dir: str | Path, *, exa
         raise ValueError("a report needs at least one evaluation")
     if examples < 0:
         raise ValueError(f"number of examples must be non-negative, got {examples}")
-    results = [load_eval(e) for e in evals]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with claim(out_dir):
+        return _write(results=[load_eval(e) for e in evals], out_dir=Path(out_dir), examples=examples, title=title)
+
+
+def _write(results: list[dict], out_dir: Path, examples: int, title: str) -> Path:
+    """The page and its figures for ``results`` in the claimed ``out_dir``."""
     summary = _table(
         ["run", "model", "dataset", "top-1 %", "MMACs", "FLOPs ratio", "kept patches on object",
          "measured speedup (sparse vs dense)"],
