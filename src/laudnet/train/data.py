@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import datasets
 from torchvision.transforms import v2
+
+from ..errors import DataError
 
 DATASETS = ("cluttered", "fashion-mnist", "fashion-mnist-placed", "cifar10", "cifar100", "imagefolder")
 
@@ -294,8 +297,6 @@ def _first_true(flags: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------- CIFAR and ImageFolder
 def _cifar(name: str, split: str, root: str | Path | None) -> Dataset:
-    from torchvision import datasets
-
     root = Path(root or "data")
     mean, std = CIFAR_STATS[name]
     normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -312,9 +313,16 @@ def _cifar(name: str, split: str, root: str | Path | None) -> Dataset:
         ) from None
 
 
-def _imagefolder(split: str, root: str | Path | None, image_size: int) -> Dataset:
-    from torchvision import datasets
+def decode_image(path: str):
+    """An image file as an RGB PIL image, or :class:`DataError` naming the file that cannot
+    be decoded (truncated, not an image)."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for bad files
+        raise DataError(f"cannot decode image {path} ({error}); remove or replace it") from None
 
+
+def _imagefolder(split: str, root: str | Path | None, image_size: int) -> Dataset:
     if root is None:
         raise ValueError("imagefolder needs --data DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
     folder = Path(root) / ("train" if split == "train" else "val")
@@ -326,7 +334,7 @@ def _imagefolder(split: str, root: str | Path | None, image_size: int) -> Datase
         steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         steps = [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
-    return datasets.ImageFolder(str(folder), transform=v2.Compose(steps + normalize))
+    return datasets.ImageFolder(str(folder), transform=v2.Compose(steps + normalize), loader=decode_image)
 
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:

@@ -15,6 +15,10 @@ import torch
 from torch import Tensor, distributed as dist, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import DeviceError
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 @dataclass(frozen=True)
 class Context:
@@ -33,14 +37,35 @@ class Context:
         return self.world_size > 1
 
 
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The device named ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked to be
+    present here; ``None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if name is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise DeviceError(f"device {name!r} is unknown; allowed: cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {name!r} asked for, but no CUDA GPU is usable on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {name!r} asked for, but this machine has {count} CUDA GPU(s): "
+                              f"cuda:0..cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name!r} asked for, but MPS is not available on this machine; use cpu")
+    return device
+
+
 def setup(device: str | None = None) -> Context:
     """Join the process group if started by ``torchrun`` (NCCL on GPU, gloo on CPU) and pick
-    the device (``cuda:LOCAL_RANK`` when CUDA is available, else CPU, unless ``device``)."""
+    the device (:func:`resolve_device`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
+    target = resolve_device(device, local_rank)
     if world_size == 1:
         return Context(0, 1, target)
     if target.type == "cuda":

@@ -17,11 +17,13 @@ resumed run takes exactly the steps the uninterrupted run would have taken.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, fields
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +32,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_execution, stats
+from ..errors import CheckpointError, NonFiniteError
+from ..outputs import claim
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..models import create_model
 from .data import DataSplits, build_datasets, eval_loader, train_loader
@@ -39,10 +44,9 @@ from .losses import budget_loss, distillation_loss
 
 CHECKPOINT = "checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before applying that step."""
+logger = logging.getLogger("laudnet")
+_KIND_CHECKS = {"int": checks.integer, "float": checks.number, "bool": checks.flag}
+"""The check of each field kind of :class:`TrainConfig`."""
 
 
 @dataclass
@@ -86,6 +90,13 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+        for item in fields(self):  # kinds first; every number finite (an infinite rate is as bad as a NaN)
+            value, kind = getattr(self, item.name), item.type.removesuffix(" | None")
+            if value is not None or kind == item.type:
+                if kind in _KIND_CHECKS:
+                    setattr(self, item.name, _KIND_CHECKS[kind](item.name, value))
+                elif kind == "str" and not isinstance(value, str):
+                    raise TypeError(f"{item.name} must be a string, got {value!r}")
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         check(self.optimizer in OPTIMIZERS,
@@ -212,8 +223,8 @@ class Trainer:
 
     def step(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         """One optimisation step; returns the loss terms, batch accuracy and FLOPs ratio
-        (averaged over the ranks). Raises :class:`NonFiniteLossError` before applying a
-        step whose loss is not finite."""
+        (averaged over the ranks). Raises :class:`NonFiniteError` before applying a step
+        whose loss is not finite, and after one that made a weight or statistic non-finite."""
         config, device = self.config, self.context.device
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         self.model.train()
@@ -239,7 +250,7 @@ class Trainer:
         values = torch.stack([loss, ce, budget, kd, accuracy, flops_ratio]).detach().float()
         values = all_reduce_sum(values, self.context) / self.context.world_size
         if not torch.isfinite(values[0]):
-            raise NonFiniteLossError(f"loss is {float(values[0])} at step {self.steps + 1}")
+            raise NonFiniteError(f"loss is {float(values[0])} at step {self.steps + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad is not None:
@@ -247,8 +258,22 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
+        self.check_finite()
         names = ("loss", "ce", "budget", "kd", "accuracy", "flops_ratio")
         return dict(zip(names, values.tolist()))
+
+    @torch.no_grad()
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` if a weight or floating buffer (batch-norm
+        statistics) of any rank is NaN or infinite."""
+        tensors = [t for t in (*self.net.parameters(), *self.net.buffers()) if t.is_floating_point()]
+        bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).float()
+        bad = all_reduce_sum(bad, self.context)
+        if bad.any():
+            names = [n for n, t in (*self.net.named_parameters(), *self.net.named_buffers()) if t.is_floating_point()]
+            first = names[int(bad.nonzero()[0])]
+            raise NonFiniteError(f"weights became non-finite in the update of step {self.steps} "
+                                 f"({int((bad > 0).sum())} tensors, first {first})")
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
@@ -266,7 +291,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "step": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["state_dict"])
+        load_weights(self.net, state["state_dict"], state.get("path", "the checkpoint"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["step"]
@@ -291,12 +316,30 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file; torch's message spans many lines
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                          "checkpoints are written by `laudnet train`") from None
     if not isinstance(state, dict) or "spec" not in state or "state_dict" not in state:
-        raise ValueError(f"{path} is not a laudnet training checkpoint")
+        raise CheckpointError(f"{path} is not a laudnet training checkpoint")
     state["path"] = str(path)
     return state
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``model`` exactly, or raise :class:`CheckpointError` naming
+    the missing, unexpected and misshapen entries (a checkpoint of another architecture,
+    number of classes or laudnet version)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshapen = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or misshapen:
+        parts = [f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                 for what, names in (("missing", missing), ("unexpected", unexpected), ("shapes differ:", misshapen))
+                 if names]
+        raise CheckpointError(f"the weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)} "
+                              "(another architecture, number of classes or laudnet version)")
+    model.load_state_dict(state_dict)
 
 
 def model_from_checkpoint(checkpoint: str | Path | dict, splits: DataSplits | None = None) -> nn.Module:
@@ -305,7 +348,7 @@ def model_from_checkpoint(checkpoint: str | Path | dict, splits: DataSplits | No
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     spec = RunSpec(**state["spec"])
     model = spec.build_model(splits)
-    model.load_state_dict(state["state_dict"])
+    load_weights(model, state["state_dict"], state["path"])
     return set_execution(model.eval(), "static" if state["config"]["static"] else "masked")
 
 
@@ -391,12 +434,19 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
           context: Context = Context(), workers: int = 0) -> Path:
     """Train ``spec`` with ``config`` into ``out_dir``; return the checkpoint's path.
 
-    The student starts from the teacher's weights when both have the same architecture.
-    With ``resume``, the run continues from ``out_dir/checkpoint.pt``, whose spec and
-    config must be those given. A non-finite loss stops the run with
-    :class:`NonFiniteLossError`, leaving the last checkpoint as it was.
+    The student starts from the teacher's weights when both have the same architecture
+    (otherwise it starts from random weights, and a warning says so). With ``resume``, the
+    run continues from ``out_dir/checkpoint.pt``, whose spec and config must be those given.
+    The run holds ``out_dir`` (:func:`laudnet.outputs.claim`): a second run into it is
+    refused. A non-finite loss, weight or metric stops the run with
+    :class:`NonFiniteError`, leaving the last checkpoint as it was.
     """
     out_dir = Path(out_dir)
+    with claim(out_dir, "run directory") if context.is_main else nullcontext():
+        return _train(spec, config, out_dir, resume, context, workers)
+
+
+def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, context: Context, workers: int) -> Path:
     checkpoint_path = out_dir / CHECKPOINT
     previous = None
     if resume:
@@ -407,8 +457,6 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
                 raise ValueError(f"cannot resume {checkpoint_path}: its {name} differs in {', '.join(changed)}")
     elif checkpoint_path.exists():
         raise ValueError(f"{checkpoint_path} exists; pass --resume to continue that run or choose another --out")
-    if context.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(config.seed)
     splits = spec.datasets()
@@ -418,6 +466,9 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
         teacher, teacher_spec = load_teacher(spec, splits)
         if previous is None and teacher_spec.model == spec.model:
             load_backbone(model, backbone_state_dict(teacher))
+        elif previous is None and context.is_main:
+            logger.warning(f"the teacher {spec.teacher} is a {teacher_spec.model}, the student a {spec.model}: the "
+                           "student starts from random weights; the teacher is used for distillation only")
     loader = train_loader(splits.train, config.batch_size, seed=config.seed, rank=context.rank,
                           world_size=context.world_size, workers=workers)
     val = eval_loader(splits.test, config.batch_size, rank=context.rank, world_size=context.world_size,
@@ -440,11 +491,8 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
             for images, labels in bar:
                 try:
                     metrics = trainer.step(images, labels)
-                except NonFiniteLossError as error:
-                    last = (f"the last good checkpoint is {checkpoint_path} (epoch {epoch})" if epoch > 0
-                            else "no checkpoint was written yet")
-                    raise NonFiniteLossError(f"training stopped in epoch {epoch + 1}: {error}; {last}. "
-                                             "Lower --lr or set --clip-grad") from None
+                except NonFiniteError as error:
+                    raise _stopped(error, epoch, checkpoint_path) from None
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
                 if trainer.steps % config.log_every == 0:
@@ -457,6 +505,10 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
             count = max(1, len(loader))
             row = {"epoch": epoch + 1, "step": trainer.steps, **{k: v / count for k, v in sums.items()},
                    **trainer.validate(val), "seconds": time.perf_counter() - started}
+            non_finite = [k for k, v in row.items() if not math.isfinite(v)]
+            if non_finite:
+                raise _stopped(NonFiniteError(f"the epoch's {', '.join(non_finite)} not finite"), epoch,
+                               checkpoint_path)
             history.append(row)
             if context.is_main:
                 log.epoch(row)
@@ -469,6 +521,12 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
     finally:
         log.close()
     return checkpoint_path
+
+
+def _stopped(error: NonFiniteError, epoch: int, checkpoint_path: Path) -> NonFiniteError:
+    last = (f"the last good checkpoint is {checkpoint_path} (epoch {epoch})" if epoch > 0
+            else "no checkpoint was written yet")
+    return NonFiniteError(f"training stopped in epoch {epoch + 1}: {error}; {last}. Lower --lr or set --clip-grad")
 
 
 def resume(out_dir: str | Path, context: Context = Context(), workers: int = 0) -> Path:

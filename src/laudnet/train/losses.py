@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..dynamic import dynamic_blocks, network_macs
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.table import latency_table
@@ -59,15 +60,12 @@ def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: s
     if budget_ms is None:
         if hardware is not None:
             raise ValueError(f"hardware {hardware!r} is only used with a latency budget; give --budget-ms too")
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"FLOPs target must be in (0, 1], got {target}")
+        checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
         return lambda model, progress: flops_budget_loss(model, target, progress)
     if hardware is None:
         raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
-        raise ValueError(f"latency budget must be a positive number of milliseconds, got {budget_ms!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"latency budget batch size must be a positive integer, got {batch_size!r}")
+    checks.number("latency budget in milliseconds", budget_ms, 0.0, low_open=True)
+    checks.positive_int("latency budget batch size", batch_size)
     hw = load_hardware(hardware)
     return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
 
@@ -81,8 +79,7 @@ def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0) ->
     :func:`rate_bounds`, and ``F`` the per-sample MACs the sparse path would execute.
     Differentiable through the straight-through decisions of a masked, training-mode pass.
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"FLOPs target must be in (0, 1], got {target}")
+    checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
     dynamic, static, records = network_macs(model)
     lower, upper = rate_bounds(target, progress)
     rates = torch.stack([record.rate.mean() for (_, record), (_, block) in zip(records, dynamic_blocks(model))
