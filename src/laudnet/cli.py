@@ -3,18 +3,27 @@
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and
 sets ``run`` (a function of the parsed arguments returning an exit code or ``None``).
 Adding a subcommand means writing one such function and listing it in
-:data:`SUBCOMMANDS`. Errors of the user's making (``ValueError``, ``FileNotFoundError``)
-print ``laudnet: error: <message>`` and exit with code 2, without a traceback.
+:data:`SUBCOMMANDS`.
+
+:func:`main` is the one error boundary: failures of the user's making (bad values, paths
+that cannot be read or written, a busy run directory, an absent device, undecodable data, a
+checkpoint that does not fit: :class:`laudnet.errors.LaudnetError`, ``ValueError``,
+``OSError`` on a named file) print ``laudnet: error: <message>`` on one line and exit with
+code 2; a run stopped by non-finite values exits with 1; any other exception is a bug and
+keeps its traceback. Warnings of the library (logger ``laudnet``) print as
+``laudnet: warning: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 import sys
 from typing import Callable, Sequence
 
+from .errors import LaudnetError, NonFiniteError
 from .latency.commands import add_parsers as add_latency_commands
 from .search_command import add_parser as add_search
 from .train.data import DATASETS
@@ -277,23 +286,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningPrinter(logging.Handler):
+    """Prints the library's warnings as ``laudnet: warning: ...`` on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"laudnet: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error``; for one re-raised from a data-loading worker (whose message
+    carries the worker's traceback), the original message only."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    from .train.loop import NonFiniteLossError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
+    logger = logging.getLogger("laudnet")
+    if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
+        logger.addHandler(_WarningPrinter(logging.WARNING))
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError) as error:
-        print(f"laudnet: error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"laudnet: error: {error}", file=sys.stderr)
+    except NonFiniteError as error:
+        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except (LaudnetError, ValueError, FileNotFoundError) as error:
+        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: a bug or the system's
+            raise
+        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("laudnet: interrupted", file=sys.stderr)
         return 130
