@@ -9,6 +9,7 @@ applies to every stage.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -43,11 +44,23 @@ class StageConfig:
     def layer(self) -> bool:
         return self.paradigm.startswith("layer")
 
+    def gate_rates(self, rate: float) -> tuple[float, float]:
+        """Activation rates ``(layer, inner)`` of the layer gate and of the spatial or channel
+        gate that give the block activation ``rate`` (a missing gate counts as 1). The
+        block's rate is their product, so ``layer+X`` blocks give each gate ``sqrt(rate)``."""
+        if self.layer and (self.spatial or self.channel):
+            return math.sqrt(rate), math.sqrt(rate)
+        return (rate, 1.0) if self.layer else (1.0, rate)
+
     def __str__(self) -> str:
         return self.paradigm if self.granularity is None else f"{self.paradigm}:{self.granularity}"
 
 
 def _split(spec: str | Sequence, num_stages: int, what: str) -> list:
+    if not isinstance(spec, (str, Sequence)):
+        allowed = ("a word or '-'-joined words (e.g. 'spatial', 'spatial-channel-layer')" if what == "paradigm"
+                   else "a positive integer, '-'-joined integers or a sequence of them (e.g. 4, '4-4-2-1')")
+        raise TypeError(f"{what} must be {allowed}, got {spec!r}")
     items = spec.split("-") if isinstance(spec, str) else list(spec)
     if len(items) == 1:
         return items * num_stages

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import checks
 from .blocks.base import EXECUTION_MODES, BlockRecord, DynamicBlock, FixedDecisions
 from .flops import static_macs
 from .gates import Masker
@@ -49,10 +50,13 @@ def set_execution(model: nn.Module, mode: str) -> nn.Module:
 def set_decisions(model: nn.Module, rate: float, seed: int = 0) -> nn.Module:
     """Override every gate with fixed random decisions of activation rate ``rate``.
 
-    Per sample, ``round(rate × n)`` of a spatial gate's patches or a channel gate's groups
-    are on; a layer gate is on with probability ``rate``. In ``layer+X`` blocks both gates
-    get the rate. Decisions depend only on ``seed``, the block and the input shape.
+    ``rate`` is each block's activation rate. Per sample, ``round(rate × n)`` of a spatial
+    gate's patches or a channel gate's groups are on; a layer gate is on with probability
+    ``rate``. In ``layer+X`` blocks each of the two gates gets ``sqrt(rate)``, so that the
+    block's rate (their product) is ``rate``. Decisions depend only on ``seed``, the block
+    and the input shape.
     """
+    rate, seed = checks.rate("rate", rate), checks.integer("seed", seed)
     for index, (_, block) in enumerate(_blocks_or_raise(model)):
         block.fixed = FixedDecisions(rate, seed * 100_003 + index)
     return model

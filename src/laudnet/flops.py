@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import checks
 from .gates import Masker
 from .static_pass import static_pass
 
@@ -44,6 +45,10 @@ def static_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     convolutions and linear layers outside the maskers. Works for plain torchvision models
     too.
     """
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or len(input_shape) != 3:
+        raise TypeError(f"input_shape must be (C, H, W), got {input_shape!r}")
+    for name, value in zip(("channels", "height", "width"), input_shape):
+        checks.positive_int(f"input_shape {name}", value)
     inside_maskers = {id(sub) for m in model.modules() if isinstance(m, Masker) for sub in m.modules()}
     total = 0
 

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..config import StageConfig
-from ..engine import Branch, Unit, excite, se_macs
+from ..engine import Branch, Unit, engine_input, excite, inference, se_macs
 from ..engine import channel as channel_skipping
 from ..engine import layer as layer_skipping
 from ..engine import spatial as spatial_skipping
@@ -89,20 +90,21 @@ class BlockRecord:
 class FixedDecisions:
     """Random decisions of a fixed activation rate, reproducible from a seed.
 
-    Per sample, exactly ``round(rate × n)`` of the n patches or channel groups are on; a
-    layer gate is on with probability ``rate``. The same seed and batch shape always give
-    the same decisions, so masked and sparse runs see identical decisions.
+    ``rate`` is the block's activation rate; in ``layer+X`` blocks each gate gets
+    ``sqrt(rate)`` (:meth:`StageConfig.gate_rates`). Per sample, exactly ``round(r × n)`` of
+    the n patches or channel groups are on; a layer gate is on with probability ``r``. The
+    same seed and batch shape always give the same decisions, so masked and sparse runs see
+    identical decisions.
     """
 
     def __init__(self, rate: float, seed: int = 0) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"activation rate must be in [0, 1], got {rate}")
-        self.rate = float(rate)
+        self.rate = checks.rate("activation rate", rate)
         self.seed = int(seed)
         self._cache: dict[tuple, Decision] = {}
 
-    def _exact(self, batch: int, units: int, generator: torch.Generator) -> Tensor:
-        keep = int(self.rate * units + 0.5)
+    @staticmethod
+    def _exact(rate: float, batch: int, units: int, generator: torch.Generator) -> Tensor:
+        keep = int(rate * units + 0.5)
         order = torch.rand(batch, units, generator=generator).argsort(dim=1)
         return torch.zeros(batch, units).scatter_(1, order[:, :keep], 1.0)
 
@@ -116,13 +118,14 @@ class FixedDecisions:
         generator = torch.Generator().manual_seed(self.seed)
         batch = x.shape[0]
         decision = Decision()
+        layer_rate, inner_rate = block.config.gate_rates(self.rate)
         if block.layer_masker is not None:
-            decision.layer = (torch.rand(batch, generator=generator) < self.rate).float()
+            decision.layer = (torch.rand(batch, generator=generator) < layer_rate).float()
         if block.spatial_masker is not None:
             rows, cols = block.spatial_masker.grid(x.shape[-2], x.shape[-1])
-            decision.spatial = self._exact(batch, rows * cols, generator).view(batch, rows, cols)
+            decision.spatial = self._exact(inner_rate, batch, rows * cols, generator).view(batch, rows, cols)
         if block.channel_masker is not None:
-            decision.channel = self._exact(batch, block.channel_masker.outputs, generator)
+            decision.channel = self._exact(inner_rate, batch, block.channel_masker.outputs, generator)
         return Decision(**{k: None if v is None else v.to(x.device, x.dtype)
                            for k, v in decision.__dict__.items()})
 
@@ -229,12 +232,15 @@ class DynamicBlock(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
-        sparse = self.execution == "sparse"
-        if sparse:
-            if self.training:
-                raise RuntimeError("sparse execution is for inference: call model.eval() first, "
-                                   "or use set_execution(model, 'masked') for training")
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.execution != "sparse":
+            return self._forward(x, sparse=False)
+        if self.training:
+            raise RuntimeError("sparse execution is for inference: call model.eval() first, "
+                               "or use set_execution(model, 'masked') for training")
+        with inference(x.device.type):
+            return self._forward(engine_input(x), sparse=True)
+
+    def _forward(self, x: Tensor, sparse: bool) -> Tensor:
         identity = self.branch.shortcut(x) if sparse else (x if self.downsample is None else self.downsample(x))
         if self.execution == "static" or self.config.paradigm == "none":
             self._pending, self.last_decision = (x.shape, x.device, None, None), None
@@ -325,8 +331,9 @@ class DynamicBlock(nn.Module):
     # ----------------------------------------------------------------- plans
     def plan(self, input_shape: tuple[int, int, int], batch: int, rate: float,
              execution: str | None = None) -> list[Op]:
-        """Operators sparse execution runs on a batch of ``(C, H, W)`` inputs when every gate
-        of the block has activation ``rate`` (random decisions, expected counts); with
+        """Operators sparse execution runs on a batch of ``(C, H, W)`` inputs when the block
+        has activation ``rate`` (random decisions, expected counts; a ``layer+X`` block's
+        gates each at ``sqrt(rate)``, :meth:`StageConfig.gate_rates`); with
         ``execution="static"`` (default: the block's mode), those of the branch at every pixel."""
         execution = execution or self.execution
         _, height, width = input_shape
@@ -334,15 +341,16 @@ class DynamicBlock(nn.Module):
         ops = [Op("masker", type(m).__name__, m.macs(input_shape) * batch, batch * input_shape[0] * height * width * 4)
                for m in self.maskers()]
         ops += self.branch.plan_shortcut(batch, input_shape)
-        layer_rate = rate if self.config.layer else 1.0
+        layer_rate, inner_rate = self.config.gate_rates(rate)
         if self.config.paradigm == "none" or execution == "static":
             return ops + self.branch.plan_dense(batch, sizes)
         if self.config.spatial:
-            return ops + spatial_skipping.plan(self.branch, batch, sizes, self.config.granularity, rate, layer_rate)
+            return ops + spatial_skipping.plan(self.branch, batch, sizes, self.config.granularity, inner_rate,
+                                               layer_rate)
         if self.config.channel:
             masker = self.channel_masker
             return ops + channel_skipping.plan(self.branch, batch, sizes, masker.outputs, masker.granularity,
-                                      self.inner_channels, rate, layer_rate)
+                                               self.inner_channels, inner_rate, layer_rate)
         return ops + layer_skipping.plan(self.branch, batch, sizes, input_shape, rate)
 
     # ----------------------------------------------------------------- accounting

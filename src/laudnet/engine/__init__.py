@@ -4,5 +4,6 @@ paradigm (:mod:`.spatial`, :mod:`.channel`, :mod:`.layer`), on the kernels of
 
 from . import channel, layer, spatial
 from .branch import Branch, Unit, excite, se_macs
+from .mode import engine_input, inference
 
-__all__ = ["Branch", "Unit", "channel", "excite", "layer", "se_macs", "spatial"]
+__all__ = ["Branch", "Unit", "channel", "engine_input", "excite", "inference", "layer", "se_macs", "spatial"]

@@ -140,6 +140,9 @@ def load_hardware(hardware: str | Path | Hardware) -> Hardware:
     """A profile by name (``"v100"``, ``"local"``, …), by path to a JSON file, or as given."""
     if isinstance(hardware, Hardware):
         return hardware
+    if not isinstance(hardware, (str, Path)):
+        raise TypeError(f"hardware must be a profile name (see `laudnet hardware list`), a path to a JSON "
+                        f"profile or a Hardware, got {hardware!r}")
     files = _profile_files()
     path = Path(hardware)
     if str(hardware) in files:

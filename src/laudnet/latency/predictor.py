@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .. import checks
 from ..blocks.base import DynamicBlock
 from ..dynamic import NetworkStats
 from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
@@ -295,12 +296,6 @@ class LatencyReport:
 
 
 # --------------------------------------------------------------------------------- pricing
-def _check_rate(rate, where: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"activation rate {where} is {rate!r}; it must be a number in [0, 1]")
-    return float(rate)
-
-
 def resolve_rates(rates: Rates, names: list[str]) -> dict[str, float]:
     """One activation rate per dynamic block: all 1 (``None``), one number for all, the batch
     means of ``laudnet.stats(model)``, or a dict per block name (every block)."""
@@ -314,8 +309,8 @@ def resolve_rates(rates: Rates, names: list[str]) -> dict[str, float]:
         if unknown or missing:
             raise ValueError(f"rates per block must name every dynamic block exactly; unknown {unknown[:5]}, "
                              f"missing {missing[:5]}; blocks: {', '.join(names[:8])}{'...' if len(names) > 8 else ''}")
-        return {n: _check_rate(rates[n], f"of block {n}") for n in names}
-    rate = _check_rate(rates, "")
+        return {n: checks.rate(f"activation rate of block {n}", rates[n]) for n in names}
+    rate = checks.rate("activation rate", rates)
     return {n: rate for n in names}
 
 
@@ -343,12 +338,7 @@ def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hard
     """Predicted cost of one dynamic block on a batch of ``(C, H, W)`` inputs with every
     gate at activation ``rate`` (its execution plan priced operator by operator, plus the
     block's fixed host-side cost), and the plan."""
-    saved = block.execution
-    block.execution = "static" if execution == "static" else "sparse"
-    try:
-        ops = block.plan(input_shape, batch_size, rate)
-    finally:
-        block.execution = saved
+    ops = block.plan(input_shape, batch_size, rate, "static" if execution == "static" else "sparse")
     return price_ops(ops, hw, learned=learned) + Cost(overhead_ms=block_overhead_ms(hw, block, execution)), ops
 
 

@@ -123,14 +123,16 @@ def build_block(config: BlockConfig, seed: int = 0) -> DynamicBlock:
 
 
 class ExactDecisions(FixedDecisions):
-    """Fixed decisions whose layer gate is on for exactly ``round(rate × batch)`` samples
-    (random ones), so that a measurement matches the plan of rate ``rate``."""
+    """Fixed decisions whose layer gate is on for exactly ``round(r × batch)`` samples
+    (random ones; ``r`` its share of ``rate``), so that a measurement matches the plan of
+    rate ``rate``."""
 
     def _make(self, block: DynamicBlock, x: Tensor) -> Decision:
         decision = super()._make(block, x)
         if decision.layer is not None:
             generator = torch.Generator().manual_seed(self.seed + 7919)
-            decision.layer = self._exact(1, x.shape[0], generator).view(-1).to(x.device, x.dtype)
+            layer_rate, _ = block.config.gate_rates(self.rate)
+            decision.layer = self._exact(layer_rate, 1, x.shape[0], generator).view(-1).to(x.device, x.dtype)
         return decision
 
 

@@ -4,10 +4,11 @@ layers packed)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from .. import checks
 from ..config import StageConfig
+from ..engine import engine_input, inference
 from ..engine.static import StaticLayers
 
 
@@ -24,6 +25,12 @@ class DynamicNetwork(nn.Module):
         self.static_layers = StaticLayers()  # stems, heads, blocks without gates in sparse inference
         self.register_forward_pre_hook(_prepare_input)
 
+    def __call__(self, *args, **kwargs):
+        if self.sparse_inference:  # float32, no autograd graph (see laudnet.engine.mode)
+            with inference(args[0].device.type):
+                return super().__call__(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     @property
     def sparse_inference(self) -> bool:
         """Whether the network runs on the sparse engine (sparse execution, eval mode)."""
@@ -38,6 +45,15 @@ class DynamicNetwork(nn.Module):
         return "-".join(str(c.granularity or 1) for c in self.stage_configs)
 
 
+def check_arguments(num_classes: int, input_size: int | None, gate_scale: bool, in_channels: int = 3) -> None:
+    """Refuse bad builder arguments with messages that name them, before torch's own errors."""
+    checks.positive_int("num_classes", num_classes)
+    checks.positive_int("in_channels", in_channels)
+    if input_size is not None:
+        checks.positive_int("input_size", input_size)
+    checks.flag("gate_scale", gate_scale)
+
+
 def _prepare_input(module: DynamicNetwork, args: tuple) -> tuple | None:
     """Remember the input shape; in sparse inference, lay the input out channels-last, the
     layout of the sparse engine, so that the stem and the static layers run on it too (a
@@ -45,5 +61,5 @@ def _prepare_input(module: DynamicNetwork, args: tuple) -> tuple | None:
     x = args[0]
     module.input_shape = tuple(x.shape[1:])
     if module.sparse_inference and x.dim() == 4:
-        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+        return (engine_input(x), *args[1:])
     return None

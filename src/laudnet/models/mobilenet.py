@@ -39,7 +39,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..blocks.mobilenet import DynamicInvertedResidual
 from ..config import GranularitySpec, ParadigmSpec, parse_paradigm, stage_configs
-from .base import DynamicNetwork
+from .base import DynamicNetwork, check_arguments
 from .registry import register_model
 
 SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
@@ -79,6 +79,7 @@ class DynamicMobileNetV2(DynamicNetwork):
         gate_scale: bool = False,
     ) -> None:
         super().__init__()
+        check_arguments(num_classes, input_size, gate_scale)
         setting = [list(row) for row in (inverted_residual_setting or SETTING)]
         if not setting or any(len(row) != 4 for row in setting):
             raise ValueError(f"inverted_residual_setting must be a non-empty list of [t, c, n, s] rows, got {setting}")

@@ -23,7 +23,7 @@ from torchvision.models.regnet import BlockParams, SimpleStemIN
 
 from ..blocks.regnet import DynamicResBottleneckBlock
 from ..config import GranularitySpec, ParadigmSpec, stage_configs
-from .base import DynamicNetwork
+from .base import DynamicNetwork, check_arguments
 from .registry import register_model
 
 DEFAULT_SPATIAL_GRANULARITY = (4, 4, 2, 1)
@@ -67,6 +67,7 @@ class DynamicRegNet(DynamicNetwork):
         gate_scale: bool = False,
     ) -> None:
         super().__init__()
+        check_arguments(num_classes, input_size, gate_scale)
         p = block_params
         inner = [int(round(w * b)) for w, b in zip(p.widths, p.bottleneck_multipliers)]
         side = math.ceil((input_size or 224) / 2)

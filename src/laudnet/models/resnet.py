@@ -18,7 +18,7 @@ from torchvision.models.resnet import conv1x1, conv3x3
 
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import GranularitySpec, ParadigmSpec, stage_configs
-from .base import DynamicNetwork
+from .base import DynamicNetwork, check_arguments
 from .registry import register_model
 
 Block = Type[Union[DynamicBasicBlock, DynamicBottleneck]]
@@ -58,6 +58,7 @@ class DynamicResNet(DynamicNetwork):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
+        check_arguments(num_classes, input_size, gate_scale, in_channels)
         widths = (16, 32, 64) if cifar else (64, 128, 256, 512)
         if len(layers) != len(widths):
             raise ValueError(f"layers must give {len(widths)} stage depths, got {layers}")
