@@ -221,7 +221,7 @@ def test_rates_from_stats_and_per_block():
 
 def test_bad_prediction_input_is_refused_clearly(walks):
     walk = _dynamic_walk("layer", None, "resnet18")
-    with pytest.raises(ValueError, match="activation rate .* is 1.5"):
+    with pytest.raises(ValueError, match="activation rate .* got 1.5"):
         predict_walk(walk, "v100", 8, rates=1.5)
     with pytest.raises(ValueError, match="unknown \\['layer9.0'\\], missing \\['layer1.0'"):
         predict_walk(walk, "v100", 8, rates={"layer9.0": 0.5})
@@ -322,11 +322,15 @@ def test_validation_configurations_are_seeded_and_valid():
 
 
 def test_exact_decisions_turn_on_exactly_r_times_batch_samples():
+    """A layer+spatial block at rate 0.25 gives each gate 0.5: exactly 4 of 8 samples run,
+    on half of their patches."""
     config = next(c for c in sample_configs(60, seed=0) if c.paradigm == "layer+spatial")
     block = build_block(config)
     x = torch.randn(8, config.in_channels, config.side, config.side)
-    decision = ExactDecisions(0.375, seed=5).decide(block, x)
-    assert decision.layer.sum() == 3
+    decision = ExactDecisions(0.25, seed=5).decide(block, x)
+    assert decision.layer.sum() == 4
+    patches = decision.spatial[0].numel()
+    assert (decision.spatial.flatten(1).sum(1) == round(0.5 * patches)).all()
 
 
 def test_accuracy_metrics():

@@ -7,7 +7,7 @@ import torch
 
 import laudnet
 from laudnet.train.data import ClutteredObjects
-from laudnet.train.loop import (NonFiniteLossError, RunSpec, Trainer, TrainConfig, load_checkpoint,
+from laudnet.train.loop import (NonFiniteError, RunSpec, Trainer, TrainConfig, load_checkpoint,
                                 model_from_checkpoint, resume, train, warmup_cosine)
 
 TINY = dict(dataset="cluttered", image_size=16, train_size=48, test_size=16)
@@ -128,7 +128,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         return original(self, images, labels)
 
     monkeypatch.setattr(Trainer, "step", poisoned)
-    with pytest.raises(NonFiniteLossError, match="epoch 2: loss is nan at step 5.*last good checkpoint.*epoch 1"):
+    with pytest.raises(NonFiniteError, match="epoch 2: loss is nan at step 5.*last good checkpoint.*epoch 1"):
         train(spec, config, tmp_path)
     state = load_checkpoint(tmp_path)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values()
