@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from .. import checks
 from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_execution, stats
 from ..errors import CheckpointError, NonFiniteError
-from ..outputs import claim
+from ..outputs import check_directory, claim
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..models import create_model
 from .data import DataSplits, build_datasets, eval_loader, train_loader
@@ -441,7 +441,7 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
     refused. A non-finite loss, weight or metric stops the run with
     :class:`NonFiniteError`, leaving the last checkpoint as it was.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_directory(out_dir, "run directory")
     with claim(out_dir, "run directory") if context.is_main else nullcontext():
         return _train(spec, config, out_dir, resume, context, workers)
 
