@@ -69,10 +69,16 @@ def test_unwritable_directory_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        with pytest.raises(OutputError, match="is not writable"):
+        with pytest.raises(OutputError, match="cannot be written: .*locked: Permission denied"):
             check_directory(locked / "run")
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_directory_that_refuses_files_is_refused_even_to_root():
+    with pytest.raises(OutputError, match="cannot be written: /proc/self"):
+        check_file("/proc/self/result.json")
 
 
 def test_claim_removes_only_the_directory_it_created_when_the_work_fails(tmp_path):

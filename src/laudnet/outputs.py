@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,11 +40,16 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_writable(path: Path, what: str, target: Path) -> None:
+    """Create and delete a file in the nearest existing directory: unlike permission bits,
+    this also catches read-only file systems and directories that refuse even root."""
     existing = _nearest_existing(path.absolute())
     if not existing.is_dir():
         raise OutputError(f"{what} {target} cannot be created: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {target} cannot be written: {existing} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputError(f"{what} {target} cannot be written: {existing}: {error.strerror}") from None
 
 
 def check_directory(path: str | Path, what: str = "--out") -> Path:
