@@ -33,11 +33,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import checks
-from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_execution, stats
+from ..dynamic import gate_parameters, set_execution, stats
 from ..errors import CheckpointError, NonFiniteError
 from ..outputs import check_directory, claim
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..models import create_model
+from ..models.weights import backbone_state_dict, load_backbone
 from .data import DataSplits, build_datasets, eval_loader, train_loader
 from .distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
 from .losses import budget_loss, distillation_loss
