@@ -51,20 +51,22 @@ class RunLog:
         if not self.enabled:
             return
         self._append(self.out_dir / "steps.csv", row)
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+        self._scalars("train", row)
 
     def epoch(self, row: dict) -> None:
         if not self.enabled:
             return
         self._append(self.out_dir / "epochs.csv", row)
+        self._scalars("epoch", row)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _scalars(self, group: str, row: dict) -> None:
+        """The row's figures as TensorBoard scalars ``group/name`` at its step."""
         if self.writer is not None:
             for key, value in row.items():
                 if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"epoch/{key}", value, row["step"])
-            self.writer.flush()
+                    self.writer.add_scalar(f"{group}/{key}", value, row["step"])
 
     def close(self) -> None:
         if self.writer is not None:
