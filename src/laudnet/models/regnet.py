@@ -129,7 +129,6 @@ def _regnet_y(name: str, **kwargs) -> DynamicRegNet:
     return DynamicRegNet(params, **kwargs)
 
 
-
 @register_model
 def regnet_y_400mf(**kwargs) -> DynamicRegNet:
     """Dynamic regnet_y_400mf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
