@@ -37,8 +37,9 @@ import torch
 
 from laudnet.evaluate import evaluate_checkpoint
 from laudnet.latency import interleaved, ratio
-from laudnet.train import RunSpec, TrainConfig, Trainer, build_datasets, load_checkpoint, resume, train
-from laudnet.train.loop import CHECKPOINT
+from laudnet.checkpoint import CHECKPOINT
+from laudnet.data import build_datasets
+from laudnet.train import RunSpec, TrainConfig, Trainer, load_checkpoint, resume, train
 
 STUDENTS = {
     # dataset: [(paradigm, granularity, gate_scale, target)]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from laudnet.train import data
-from laudnet.train.data import (ClutteredObjects, PlacedFashionMNIST, build_datasets, find_fashion_mnist,
-                                read_idx)
+from laudnet.data import ClutteredObjects, PlacedFashionMNIST, build_datasets
+from laudnet.data import fashion_mnist as data
+from laudnet.data.fashion_mnist import find_fashion_mnist, read_idx
 
 
 def write_idx(path, array, compress=True):

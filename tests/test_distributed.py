@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from laudnet.evaluate import accumulate
-from laudnet.train.data import eval_loader
-from laudnet.train.loop import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.data.loaders import eval_loader
+from laudnet.metrics import accumulate
 
 
 def test_two_process_training_on_cpu(tmp_path):

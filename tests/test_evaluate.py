@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import laudnet
-from laudnet.evaluate import accumulate, evaluate, object_overlap
+from laudnet.data import ClutteredObjects, eval_loader
+from laudnet.evaluate import evaluate
+from laudnet.metrics import accumulate, object_overlap
 from laudnet.report.masks import spatial_maps
-from laudnet.train.data import ClutteredObjects, eval_loader
 
 
 def spatial_model(granularity="4-2-1"):

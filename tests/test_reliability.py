@@ -21,9 +21,10 @@ from laudnet.cli import main
 from laudnet.errors import BusyError, CheckpointError, DataError, DeviceError, NonFiniteError, OutputError
 from laudnet.outputs import check_directory, check_file, claim
 from laudnet.train import loop
-from laudnet.train.data import build_datasets, train_loader
-from laudnet.train.distributed import resolve_device
-from laudnet.train.loop import RunSpec, Trainer, TrainConfig, load_checkpoint, train
+from laudnet.checkpoint import RunSpec, load_checkpoint
+from laudnet.data import build_datasets, train_loader
+from laudnet.distributed import resolve_device
+from laudnet.train.loop import Trainer, TrainConfig, train
 
 TINY = dict(dataset="cluttered", image_size=16, train_size=32, test_size=16)
 QUIET = dict(tensorboard=False, progress_bar=False, log_every=1)

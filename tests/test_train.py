@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import laudnet
-from laudnet.train.data import ClutteredObjects
-from laudnet.train.loop import (NonFiniteError, RunSpec, Trainer, TrainConfig, load_checkpoint,
-                                model_from_checkpoint, resume, train, warmup_cosine)
+from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.data import ClutteredObjects
+from laudnet.errors import NonFiniteError
+from laudnet.train.loop import Trainer, TrainConfig, resume, train, warmup_cosine
 
 TINY = dict(dataset="cluttered", image_size=16, train_size=48, test_size=16)
 QUIET = dict(tensorboard=False, progress_bar=False, log_every=1)

@@ -6,12 +6,12 @@ execution, which skips the work the gates turned off.
 """
 
 from .config import PARADIGMS, StageConfig
-from .dynamic import (NetworkStats, backbone_state_dict, clear_decisions, gate_parameters,
-                      load_backbone, set_decisions, set_execution, stats)
+from .dynamic import NetworkStats, clear_decisions, gate_parameters, set_decisions, set_execution, stats
 from .flops import static_macs
 from .gates import set_temperature, temperature_schedule
 from .latency import predict_latency
 from .models import convert, create_model, list_models
+from .models.weights import backbone_state_dict, load_backbone
 from .search import SearchResult, search
 from .train.losses import distillation_loss, flops_budget_loss, latency_budget_loss, rate_bounds
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from .errors import LaudnetError, NonFiniteError
 from .latency.commands import add_parsers as add_latency_commands
 from .search_command import add_parser as add_search
-from .train.data import DATASETS
+from .data.build import DATASETS
 from .train.loop import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -119,8 +119,9 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from .train import distributed
-    from .train.loop import RunSpec, resume, train
+    from . import distributed
+    from .checkpoint import RunSpec
+    from .train.loop import resume, train
 
     if args.resume is None and args.out is None:
         raise ValueError("give --out DIR for a new run, or --resume DIR to continue one")

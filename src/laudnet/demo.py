@@ -14,10 +14,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .checkpoint import RunSpec
 from .evaluate import evaluate_checkpoint
 from .outputs import LOCK_FILE, claim
 from .report import write_report
-from .train.loop import RunSpec, TrainConfig, train
+from .train.loop import TrainConfig, train
 
 MARKER = "demo.json"
 

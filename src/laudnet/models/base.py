@@ -4,12 +4,16 @@ layers packed)."""
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Sequence
+
 from torch import nn
 
 from .. import checks
 from ..config import StageConfig
 from ..engine import engine_input, inference
 from ..engine.static import StaticLayers
+from ..gates import Masker
 
 
 class DynamicNetwork(nn.Module):
@@ -52,6 +56,24 @@ def check_arguments(num_classes: int, input_size: int | None, gate_scale: bool, 
     if input_size is not None:
         checks.positive_int("input_size", input_size)
     checks.flag("gate_scale", gate_scale)
+
+
+def feature_sizes(side: int, strides: Sequence[int]) -> list[int]:
+    """Side of each stage's output map: ``side`` divided by each stride in turn, rounded up."""
+    sizes = []
+    for stride in strides:
+        side = math.ceil(side / stride)
+        sizes.append(side)
+    return sizes
+
+
+def initialise(model: nn.Module, init: Callable[[nn.Module], None]) -> None:
+    """Apply ``init`` to every module of ``model`` outside the maskers, which keep their own
+    "keep everything" initialisation."""
+    in_maskers = {id(sub) for m in model.modules() if isinstance(m, Masker) for sub in m.modules()}
+    for m in model.modules():
+        if id(m) not in in_maskers:
+            init(m)
 
 
 def _prepare_input(module: DynamicNetwork, args: tuple) -> tuple | None:

@@ -39,8 +39,9 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..blocks.mobilenet import DynamicInvertedResidual
 from ..config import GranularitySpec, ParadigmSpec, parse_paradigm, stage_configs
-from .base import DynamicNetwork, check_arguments
+from .base import DynamicNetwork, check_arguments, feature_sizes, initialise
 from .registry import register_model
+from .weights import from_static
 
 SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 """torchvision's inverted-residual setting: expansion t, channels c, blocks n, first stride s."""
@@ -89,14 +90,11 @@ class DynamicMobileNetV2(DynamicNetwork):
         stages = _stage_blocks(setting, input_channel, width_mult, round_nearest)
         residual = [any(_is_residual(block) for block in blocks) for blocks in stages]
         hidden = [int(round(blocks[-1][1] * blocks[-1][3])) for blocks in stages]  # expanded width of a residual block
-        feature_sizes, side = [], math.ceil((input_size or 224) / 2)
-        for _, _, _, stride in setting:
-            side = math.ceil(side / stride)
-            feature_sizes.append(side)
+        sizes = feature_sizes(math.ceil((input_size or 224) / 2), [row[3] for row in setting])
         defaults = {kind: values if len(setting) == len(SETTING) else [CUSTOM_GRANULARITY[kind]] * len(setting)
                     for kind, values in DEFAULT_GRANULARITY.items()}
-        defaults["spatial"] = [min(s, size) for s, size in zip(defaults["spatial"], feature_sizes)]
-        self.stage_configs = stage_configs(_stage_words(paradigm, residual), granularity, feature_sizes, hidden,
+        defaults["spatial"] = [min(s, size) for s, size in zip(defaults["spatial"], sizes)]
+        self.stage_configs = stage_configs(_stage_words(paradigm, residual), granularity, sizes, hidden,
                                            defaults)
 
         features: list[nn.Module] = [Conv2dNormActivation(3, input_channel, stride=2, activation_layer=nn.ReLU6)]
@@ -115,19 +113,7 @@ class DynamicMobileNetV2(DynamicNetwork):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
 
-        for name, m in self.named_modules():  # torchvision's initialisation, maskers excepted
-            if "masker" in name:
-                continue
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        initialise(self, _init_module)
 
     def stages(self) -> list[nn.Sequential]:
         """The blocks of each stage (views into ``features``)."""
@@ -141,6 +127,20 @@ class DynamicMobileNetV2(DynamicNetwork):
             x = self.features(x)
         x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
         return self.classifier(torch.flatten(x, 1))
+
+
+def _init_module(m: nn.Module) -> None:
+    """torchvision's MobileNetV2 initialisation."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0, 0.01)
+        nn.init.zeros_(m.bias)
 
 
 def _stage_blocks(setting: list[list[int]], input_channel: int, width_mult: float,
@@ -183,8 +183,6 @@ def convert_mobilenet_v2(model: torchvision.models.MobileNetV2, **kwargs) -> Dyn
     The inverted-residual setting is read off the blocks (any width multiplier); a row
     starts where the stride or the width changes, which gives torchvision's seven stages.
     """
-    from ..dynamic import load_backbone
-
     blocks = list(model.features)[1:-1]
     if not all(isinstance(b, InvertedResidual) for b in blocks) or \
             any(type(m) is not nn.BatchNorm2d for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
@@ -203,6 +201,4 @@ def convert_mobilenet_v2(model: torchvision.models.MobileNetV2, **kwargs) -> Dyn
         num_classes=model.classifier[-1].out_features, inverted_residual_setting=setting, round_nearest=1,
         dropout=model.classifier[0].p, stem_width=model.features[0][0].out_channels,
         last_channel=model.features[-1][0].out_channels, **kwargs)
-    load_backbone(dynamic, model.state_dict())
-    parameter = next(model.parameters())
-    return dynamic.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+    return from_static(dynamic, model)

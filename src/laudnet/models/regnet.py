@@ -23,8 +23,9 @@ from torchvision.models.regnet import BlockParams, SimpleStemIN
 
 from ..blocks.regnet import DynamicResBottleneckBlock
 from ..config import GranularitySpec, ParadigmSpec, stage_configs
-from .base import DynamicNetwork, check_arguments
+from .base import DynamicNetwork, check_arguments, feature_sizes, initialise
 from .registry import register_model
+from .weights import from_static
 
 DEFAULT_SPATIAL_GRANULARITY = (4, 4, 2, 1)
 
@@ -70,14 +71,10 @@ class DynamicRegNet(DynamicNetwork):
         check_arguments(num_classes, input_size, gate_scale)
         p = block_params
         inner = [int(round(w * b)) for w, b in zip(p.widths, p.bottleneck_multipliers)]
-        side = math.ceil((input_size or 224) / 2)
-        feature_sizes = []
-        for stride in p.strides:
-            side = math.ceil(side / stride)
-            feature_sizes.append(side)
-        defaults = {"spatial": [min(s, size) for s, size in zip(DEFAULT_SPATIAL_GRANULARITY, feature_sizes)],
+        sizes = feature_sizes(math.ceil((input_size or 224) / 2), p.strides)
+        defaults = {"spatial": [min(s, size) for s, size in zip(DEFAULT_SPATIAL_GRANULARITY, sizes)],
                     "channel": p.group_widths}
-        self.stage_configs = stage_configs(paradigm, granularity, feature_sizes, inner, defaults,
+        self.stage_configs = stage_configs(paradigm, granularity, sizes, inner, defaults,
                                            channel_multiples=p.group_widths)
 
         self.stem = SimpleStemIN(3, stem_width, nn.BatchNorm2d, nn.ReLU)
@@ -99,18 +96,7 @@ class DynamicRegNet(DynamicNetwork):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(width_in, num_classes)
 
-        for name, m in self.named_modules():  # torchvision's initialisation, maskers excepted
-            if "masker" in name:
-                continue
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, mean=0.0, std=0.01)
-                nn.init.zeros_(m.bias)
+        initialise(self, _init_module)
 
     def stages(self) -> list[nn.Sequential]:
         return list(self.trunk_output)
@@ -121,22 +107,74 @@ class DynamicRegNet(DynamicNetwork):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _regnet_y_builder(name: str):
+def _init_module(m: nn.Module) -> None:
+    """torchvision's RegNet initialisation."""
+    if isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+        nn.init.normal_(m.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(m.bias)
+
+
+def _regnet_y(name: str, **kwargs) -> DynamicRegNet:
+    """RegNet-Y ``name`` of :data:`REGNET_Y`."""
     depth, w_0, w_a, w_m, group_width = REGNET_Y[name]
-
-    def build(**kwargs) -> DynamicRegNet:
-        with torch.device("cpu"):  # the widths are computed with tensors: not on the meta device
-            params = BlockParams.from_init_params(depth=depth, w_0=w_0, w_a=w_a, w_m=w_m, group_width=group_width,
-                                                  se_ratio=0.25)
-        return DynamicRegNet(params, **kwargs)
-
-    build.__name__ = name
-    build.__doc__ = f"Dynamic {name} (torchvision layout); keyword arguments as ``DynamicRegNet``."
-    return build
+    with torch.device("cpu"):  # the widths are computed with tensors: not on the meta device
+        params = BlockParams.from_init_params(depth=depth, w_0=w_0, w_a=w_a, w_m=w_m, group_width=group_width,
+                                              se_ratio=0.25)
+    return DynamicRegNet(params, **kwargs)
 
 
-for _name in REGNET_Y:
-    register_model(_regnet_y_builder(_name))
+@register_model
+def regnet_y_400mf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_400mf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_400mf", **kwargs)
+
+
+@register_model
+def regnet_y_800mf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_800mf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_800mf", **kwargs)
+
+
+@register_model
+def regnet_y_1_6gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_1_6gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_1_6gf", **kwargs)
+
+
+@register_model
+def regnet_y_3_2gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_3_2gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_3_2gf", **kwargs)
+
+
+@register_model
+def regnet_y_8gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_8gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_8gf", **kwargs)
+
+
+@register_model
+def regnet_y_16gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_16gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_16gf", **kwargs)
+
+
+@register_model
+def regnet_y_32gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_32gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_32gf", **kwargs)
+
+
+@register_model
+def regnet_y_128gf(**kwargs) -> DynamicRegNet:
+    """Dynamic regnet_y_128gf (torchvision layout); keyword arguments as ``DynamicRegNet``."""
+    return _regnet_y("regnet_y_128gf", **kwargs)
 
 
 def convert_regnet(model: torchvision.models.RegNet, **kwargs) -> DynamicRegNet:
@@ -145,8 +183,6 @@ def convert_regnet(model: torchvision.models.RegNet, **kwargs) -> DynamicRegNet:
     The block parameters are read off the model's modules; ReLU activations and batch norm
     are required, as in every torchvision RegNet.
     """
-    from ..dynamic import load_backbone
-
     stages = list(model.trunk_output)
     first = [stage[0] for stage in stages]
     for stage in stages:
@@ -169,6 +205,4 @@ def convert_regnet(model: torchvision.models.RegNet, **kwargs) -> DynamicRegNet:
     )
     dynamic = DynamicRegNet(params, num_classes=model.fc.out_features, stem_width=model.stem[0].out_channels,
                             **kwargs)
-    load_backbone(dynamic, model.state_dict())
-    parameter = next(model.parameters())
-    return dynamic.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+    return from_static(dynamic, model)

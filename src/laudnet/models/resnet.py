@@ -18,8 +18,9 @@ from torchvision.models.resnet import conv1x1, conv3x3
 
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import GranularitySpec, ParadigmSpec, stage_configs
-from .base import DynamicNetwork, check_arguments
+from .base import DynamicNetwork, check_arguments, feature_sizes, initialise
 from .registry import register_model
+from .weights import from_static
 
 Block = Type[Union[DynamicBasicBlock, DynamicBottleneck]]
 
@@ -63,12 +64,9 @@ class DynamicResNet(DynamicNetwork):
         if len(layers) != len(widths):
             raise ValueError(f"layers must give {len(widths)} stage depths, got {layers}")
         input_size = input_size or (32 if cifar else 224)
-        side = input_size if cifar else math.ceil(math.ceil(input_size / 2) / 2)
-        feature_sizes = []
-        for stage in range(len(widths)):
-            side = side if stage == 0 else math.ceil(side / 2)
-            feature_sizes.append(side)
-        self.stage_configs = stage_configs(paradigm, granularity, feature_sizes, widths,
+        stem_side = input_size if cifar else math.ceil(math.ceil(input_size / 2) / 2)
+        strides = [1] + [2] * (len(widths) - 1)
+        self.stage_configs = stage_configs(paradigm, granularity, feature_sizes(stem_side, strides), widths,
                                            DEFAULT_GRANULARITY["cifar" if cifar else "imagenet"])
         self.cifar = cifar
         self.inplanes = widths[0]
@@ -79,20 +77,12 @@ class DynamicResNet(DynamicNetwork):
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for stage, (width, depth, config) in enumerate(zip(widths, layers, self.stage_configs)):
-            stride = 1 if stage == 0 else 2
+        for stage, (width, depth, stride, config) in enumerate(zip(widths, layers, strides, self.stage_configs)):
             setattr(self, f"layer{stage + 1}", self._make_layer(block, width, depth, stride, config, gate_scale))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
 
-        for name, m in self.named_modules():
-            if "masker" in name:
-                continue
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        initialise(self, _init_module)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (DynamicBasicBlock, DynamicBottleneck)):
@@ -125,46 +115,82 @@ class DynamicResNet(DynamicNetwork):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-_IMAGENET = {
-    "resnet18": (DynamicBasicBlock, [2, 2, 2, 2]),
-    "resnet34": (DynamicBasicBlock, [3, 4, 6, 3]),
-    "resnet50": (DynamicBottleneck, [3, 4, 6, 3]),
-    "resnet101": (DynamicBottleneck, [3, 4, 23, 3]),
-    "resnet152": (DynamicBottleneck, [3, 8, 36, 3]),
-}
+def _init_module(m: nn.Module) -> None:
+    """torchvision's ResNet initialisation."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.constant_(m.weight, 1)
+        nn.init.constant_(m.bias, 0)
 
 
-def _imagenet_builder(name: str):
-    block, layers = _IMAGENET[name]
-
-    def build(**kwargs) -> DynamicResNet:
-        return DynamicResNet(block, layers, **kwargs)
-
-    build.__name__ = name
-    build.__doc__ = f"Dynamic {name} (torchvision layout); keyword arguments as ``DynamicResNet``."
-    return build
+def _cifar_resnet(depth: int, **kwargs) -> DynamicResNet:
+    kwargs.setdefault("num_classes", 10)
+    return DynamicResNet(DynamicBasicBlock, [(depth - 2) // 6] * 3, cifar=True, **kwargs)
 
 
-def _cifar_builder(depth: int):
-    def build(**kwargs) -> DynamicResNet:
-        kwargs.setdefault("num_classes", 10)
-        return DynamicResNet(DynamicBasicBlock, [(depth - 2) // 6] * 3, cifar=True, **kwargs)
-
-    build.__name__ = f"cifar_resnet{depth}"
-    build.__doc__ = f"Dynamic CIFAR-style ResNet-{depth}; keyword arguments as ``DynamicResNet``."
-    return build
+@register_model
+def resnet18(**kwargs) -> DynamicResNet:
+    """Dynamic resnet18 (torchvision layout); keyword arguments as ``DynamicResNet``."""
+    return DynamicResNet(DynamicBasicBlock, [2, 2, 2, 2], **kwargs)
 
 
-for _name in _IMAGENET:
-    register_model(_imagenet_builder(_name))
-for _depth in (20, 32, 44, 56, 110):
-    register_model(_cifar_builder(_depth))
+@register_model
+def resnet34(**kwargs) -> DynamicResNet:
+    """Dynamic resnet34 (torchvision layout); keyword arguments as ``DynamicResNet``."""
+    return DynamicResNet(DynamicBasicBlock, [3, 4, 6, 3], **kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> DynamicResNet:
+    """Dynamic resnet50 (torchvision layout); keyword arguments as ``DynamicResNet``."""
+    return DynamicResNet(DynamicBottleneck, [3, 4, 6, 3], **kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> DynamicResNet:
+    """Dynamic resnet101 (torchvision layout); keyword arguments as ``DynamicResNet``."""
+    return DynamicResNet(DynamicBottleneck, [3, 4, 23, 3], **kwargs)
+
+
+@register_model
+def resnet152(**kwargs) -> DynamicResNet:
+    """Dynamic resnet152 (torchvision layout); keyword arguments as ``DynamicResNet``."""
+    return DynamicResNet(DynamicBottleneck, [3, 8, 36, 3], **kwargs)
+
+
+@register_model
+def cifar_resnet20(**kwargs) -> DynamicResNet:
+    """Dynamic CIFAR-style ResNet-20; keyword arguments as ``DynamicResNet``."""
+    return _cifar_resnet(20, **kwargs)
+
+
+@register_model
+def cifar_resnet32(**kwargs) -> DynamicResNet:
+    """Dynamic CIFAR-style ResNet-32; keyword arguments as ``DynamicResNet``."""
+    return _cifar_resnet(32, **kwargs)
+
+
+@register_model
+def cifar_resnet44(**kwargs) -> DynamicResNet:
+    """Dynamic CIFAR-style ResNet-44; keyword arguments as ``DynamicResNet``."""
+    return _cifar_resnet(44, **kwargs)
+
+
+@register_model
+def cifar_resnet56(**kwargs) -> DynamicResNet:
+    """Dynamic CIFAR-style ResNet-56; keyword arguments as ``DynamicResNet``."""
+    return _cifar_resnet(56, **kwargs)
+
+
+@register_model
+def cifar_resnet110(**kwargs) -> DynamicResNet:
+    """Dynamic CIFAR-style ResNet-110; keyword arguments as ``DynamicResNet``."""
+    return _cifar_resnet(110, **kwargs)
 
 
 def convert_resnet(model: torchvision.models.ResNet, **kwargs) -> DynamicResNet:
     """Dynamic copy of a torchvision ResNet holding all its weights unchanged."""
-    from ..dynamic import load_backbone
-
     first = model.layer1[0]
     block = DynamicBottleneck if isinstance(first, torchvision.models.resnet.Bottleneck) else DynamicBasicBlock
     plain = getattr(first, "conv2").groups == 1 and (
@@ -176,6 +202,4 @@ def convert_resnet(model: torchvision.models.ResNet, **kwargs) -> DynamicResNet:
     layers = [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
     dynamic = DynamicResNet(block, layers, num_classes=model.fc.out_features,
                             in_channels=model.conv1.in_channels, **kwargs)
-    load_backbone(dynamic, model.state_dict())
-    parameter = next(model.parameters())
-    return dynamic.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+    return from_static(dynamic, model)

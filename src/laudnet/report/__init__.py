@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ..checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
 from ..outputs import claim
 from .masks import decision_map, mask_overlays
 from .plots import accuracy_vs_flops, block_rates, label
@@ -56,8 +57,6 @@ def _speedups(result: dict) -> str:
 
 def _figures_of(result: dict, index: int, out_dir: Path, examples: int) -> list[str]:
     """Mask overlays and the decision map of one dynamic run, as HTML figures."""
-    from ..train.loop import RunSpec, load_checkpoint, model_from_checkpoint
-
     state = load_checkpoint(result["checkpoint"])
     spec = RunSpec(**{**state["spec"], "dataset": result["dataset"], "test_size": max(1, examples)})
     splits = spec.datasets()

@@ -16,10 +16,8 @@ resumed run takes exactly the steps the uninterrupted run would have taken.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, fields
@@ -33,16 +31,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import checks
-from ..dynamic import backbone_state_dict, gate_parameters, load_backbone, set_execution, stats
-from ..errors import CheckpointError, NonFiniteError
-from ..outputs import check_directory, claim
+from ..checkpoint import CHECKPOINT, RunSpec, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from ..data.build import DataSplits
+from ..data.loaders import eval_loader, train_loader
+from ..distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
+from ..dynamic import gate_parameters, set_execution, stats
+from ..errors import NonFiniteError
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
-from ..models import create_model
-from .data import DataSplits, build_datasets, eval_loader, train_loader
-from .distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
+from ..metrics import accumulate
+from ..models.weights import backbone_state_dict, load_backbone
+from ..outputs import check_directory, claim
 from .losses import budget_loss, distillation_loss
+from .runlog import RunLog
 
-CHECKPOINT = "checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
 logger = logging.getLogger("laudnet")
 _KIND_CHECKS = {"int": checks.integer, "float": checks.number, "bool": checks.flag}
@@ -121,37 +122,6 @@ class TrainConfig:
         check(self.log_every >= 1, f"log interval must be at least 1 step, got {self.log_every}")
         if not self.static:  # refuses bad latency-budget settings before training starts
             budget_loss(self.target, self.budget_ms, self.hardware, self.budget_batch_size)
-
-
-@dataclass
-class RunSpec:
-    """What a run trains: the model and the data, enough to rebuild both from a checkpoint.
-
-    ``teacher`` is the checkpoint of the static teacher (distillation, and the student's
-    initial weights when it has the same architecture).
-    """
-
-    model: str = "cifar_resnet20"
-    paradigm: str = "spatial"
-    granularity: str | None = None
-    gate_scale: bool = False
-    dataset: str = "cluttered"
-    data: str | None = None
-    image_size: int | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
-    teacher: str | None = None
-
-    def datasets(self) -> DataSplits:
-        return build_datasets(self.dataset, self.data, image_size=self.image_size, train_size=self.train_size,
-                              test_size=self.test_size, seed=self.data_seed)
-
-    def build_model(self, splits: DataSplits | None = None) -> nn.Module:
-        info = (splits or self.datasets()).info
-        return create_model(self.model, paradigm=self.paradigm, granularity=self.granularity,
-                            gate_scale=self.gate_scale, num_classes=info.num_classes,
-                            in_channels=info.in_channels, input_size=info.image_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -280,8 +250,6 @@ class Trainer:
         """Top-1 accuracy and mean FLOPs ratio on ``loader`` (each rank evaluates its
         share; the counts are summed), in eval mode and the training execution (the gates
         decide deterministically)."""
-        from ..evaluate import accumulate
-
         broadcast_buffers(self.net, self.context)
         totals = accumulate(self.net, loader, self.context.device).reduce(self.context)
         return {"val_accuracy": totals.accuracy, "val_flops_ratio": totals.flops_ratio}
@@ -295,127 +263,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["step"]
-
-
-# --------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` atomically: to a temporary file, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by :func:`train` (a run directory works too)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file; torch's message spans many lines
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
-                         "checkpoints are written by `laudnet train`") from None
-    if not isinstance(state, dict) or "spec" not in state or "state_dict" not in state:
-        raise CheckpointError(f"{path} is not a laudnet training checkpoint")
-    state["path"] = str(path)
-    return state
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``model`` exactly, or raise :class:`CheckpointError` naming
-    the missing, unexpected and misshapen entries (a checkpoint of another architecture,
-    number of classes or laudnet version)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshapen = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or misshapen:
-        parts = [f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-                 for what, names in (("missing", missing), ("unexpected", unexpected), ("shapes differ:", misshapen))
-                 if names]
-        raise CheckpointError(f"the weights in {source} do not fit {type(model).__name__}: {'; '.join(parts)} "
-                              "(another architecture, number of classes or laudnet version)")
-    model.load_state_dict(state_dict)
-
-
-def model_from_checkpoint(checkpoint: str | Path | dict, splits: DataSplits | None = None) -> nn.Module:
-    """The trained model of a checkpoint, in eval mode and the execution it was trained in
-    (``static`` for a teacher, else ``masked``)."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    spec = RunSpec(**state["spec"])
-    model = spec.build_model(splits)
-    load_weights(model, state["state_dict"], state["path"])
-    return set_execution(model.eval(), "static" if state["config"]["static"] else "masked")
-
-
-# --------------------------------------------------------------------- logs
-class RunLog:
-    """``steps.csv``, ``epochs.csv`` and TensorBoard events of a run (rank 0 only)."""
-
-    def __init__(self, out_dir: Path, config: TrainConfig, enabled: bool, resume_step: int,
-                 history: list[dict]) -> None:
-        self.enabled = enabled
-        self.out_dir = out_dir
-        self.writer = None
-        if not enabled:
-            return
-        steps_csv = out_dir / "steps.csv"
-        kept = []
-        if resume_step and steps_csv.exists():  # drop what a crashed run logged after the checkpoint
-            with open(steps_csv, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
-        self._rewrite(steps_csv, kept)
-        self._rewrite(out_dir / "epochs.csv", history)
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step or None)
-
-    @staticmethod
-    def _rewrite(path: Path, rows: list[dict]) -> None:
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    @staticmethod
-    def _append(path: Path, row: dict) -> None:
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def step(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self._append(self.out_dir / "steps.csv", row)
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"train/{key}", value, row["step"])
-
-    def epoch(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self._append(self.out_dir / "epochs.csv", row)
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"epoch/{key}", value, row["step"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 # --------------------------------------------------------------------- the run
@@ -479,7 +326,7 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
     if previous is not None:
         trainer.load_state_dict(previous)
         history, start_epoch = previous["history"], previous["epoch"]
-    log = RunLog(out_dir, config, context.is_main, trainer.steps, history)
+    log = RunLog(out_dir, config.tensorboard, context.is_main, trainer.steps, history)
     state = {"spec": asdict(spec), "config": asdict(config), "world_size": context.world_size}
     try:
         for epoch in range(start_epoch, config.epochs):

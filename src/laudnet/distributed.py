@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, distributed as dist, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import DeviceError
+from .errors import DeviceError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 

@@ -1,0 +1,127 @@
+"""What evaluation counts: accuracy, FLOPs, activation rates and where the spatial masks fall,
+summed over samples (:class:`Totals`) so that ranks and batches add up."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .distributed import Context, all_reduce_sum
+from .dynamic import dynamic_blocks, stats
+
+
+@dataclass
+class Totals:
+    """Sums over evaluated samples; the figures are ratios of them, so ranks add up."""
+
+    samples: float = 0.0
+    correct: float = 0.0
+    flops: float = 0.0
+    static_flops: int = 0
+    rates: dict[str, float] = field(default_factory=dict)
+    macs: dict[str, float] = field(default_factory=dict)
+    kept_on_object: float = 0.0
+    kept: float = 0.0
+    patches_on_object: float = 0.0
+    patches: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.samples, 1)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops / max(self.samples, 1) / self.static_flops
+
+    @property
+    def mean_rates(self) -> dict[str, float]:
+        return {name: total / max(self.samples, 1) for name, total in self.rates.items()}
+
+    @property
+    def object_share(self) -> float | None:
+        """Share of the kept patches (of every spatial block) that overlap the object box."""
+        return self.kept_on_object / self.kept if self.kept else None
+
+    @property
+    def chance_share(self) -> float | None:
+        """Share of all patches that overlap the object box: what random masks would give."""
+        return self.patches_on_object / self.patches if self.patches else None
+
+    def reduce(self, context: Context) -> "Totals":
+        """The totals summed over the ranks."""
+        if not context.distributed:
+            return self
+        names = list(self.rates)
+        values = torch.tensor([self.samples, self.correct, self.flops, self.kept_on_object, self.kept,
+                               self.patches_on_object, self.patches] + [self.rates[n] for n in names]
+                              + [self.macs[n] for n in names], dtype=torch.float64)
+        values = all_reduce_sum(values.to(context.device), context).cpu().tolist()
+        k = len(names)
+        return Totals(*values[:3], self.static_flops, dict(zip(names, values[7:7 + k])),
+                      dict(zip(names, values[7 + k:])), *values[3:7])
+
+
+def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float, float]:
+    """For the spatial decisions of the last forward pass and the object boxes ``(B, 4)``
+    (top, left, bottom, right in input pixels): kept patches on the object, kept patches,
+    patches on the object, patches. A patch is on the object when its area in the input
+    image (patch side × the block's downsampling) overlaps the box."""
+    image_height, image_width = model.input_shape[-2:]
+    totals = torch.zeros(4, dtype=torch.float64)
+    boxes = boxes.to(torch.float64)
+    for _, block in dynamic_blocks(model):
+        decision = block.last_decision
+        if decision is None or decision.spatial is None:
+            continue
+        mask = decision.spatial if decision.layer is None else decision.spatial * decision.layer[:, None, None]
+        rows, cols = mask.shape[-2:]
+        stride, side = block.spatial_masker.stride, block.spatial_masker.granularity
+        height, width = block.last.input_shape[-2:]
+        cell_h = side * image_height / math.ceil(height / stride)
+        cell_w = side * image_width / math.ceil(width / stride)
+        r = torch.arange(rows, dtype=torch.float64)
+        c = torch.arange(cols, dtype=torch.float64)
+        row_hit = (r * cell_h < boxes[:, 2:3]) & ((r + 1) * cell_h > boxes[:, 0:1])
+        col_hit = (c * cell_w < boxes[:, 3:4]) & ((c + 1) * cell_w > boxes[:, 1:2])
+        on = (row_hit[:, :, None] & col_hit[:, None, :]).to(torch.float64)
+        kept = (mask.detach().cpu() > 0).to(torch.float64)
+        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
+    return tuple(totals.tolist())
+
+
+@torch.no_grad()
+def accumulate(model: nn.Module, loader, device: torch.device | str = "cpu",
+               boxes: Tensor | None = None, progress: bool = False) -> Totals:
+    """Run ``model`` in eval mode (its current execution) over ``loader`` and sum what the
+    figures need. ``boxes`` ``(N, 4)``, aligned with the loader's order, enables the
+    object-overlap counts; ``progress`` shows a progress bar."""
+    model.eval()
+    totals = Totals()
+    seen = 0
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        batch = labels.shape[0]
+        s = stats(model)
+        totals.samples += batch
+        totals.correct += float((logits.argmax(1) == labels).sum())
+        totals.flops += float(s.flops_per_sample.sum())
+        totals.static_flops = s.static_flops
+        for b in s.blocks:
+            totals.rates[b.name] = totals.rates.get(b.name, 0.0) + float(b.rate.sum())
+            totals.macs[b.name] = totals.macs.get(b.name, 0.0) + float(b.macs.sum())
+        if boxes is not None:
+            counts = object_overlap(model, boxes[seen:seen + batch])
+            totals.kept_on_object += counts[0]
+            totals.kept += counts[1]
+            totals.patches_on_object += counts[2]
+            totals.patches += counts[3]
+        seen += batch
+    return totals
