@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import checks
-from .blocks.base import EXECUTION_MODES, BlockRecord, DynamicBlock, FixedDecisions
+from .blocks.base import EXECUTION_MODES, DynamicBlock
+from .blocks.decisions import FixedDecisions
+from .blocks.records import BlockRecord
 from .flops import static_macs
 from .gates import Masker
 from .models.base import DynamicNetwork
