@@ -7,6 +7,7 @@ what the last forward pass did: activation rates and the FLOPs the sparse path e
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -18,6 +19,10 @@ from .blocks.records import BlockRecord
 from .flops import static_macs
 from .gates import Masker
 from .models.base import DynamicNetwork
+
+_STATIC_MACS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+"""Static MACs per model and input shape, computed once (a static pass costs a forward
+pass); held here, not on the user's model, and dropped with the model."""
 
 
 def dynamic_blocks(model: nn.Module) -> list[tuple[str, DynamicBlock]]:
@@ -162,7 +167,7 @@ def network_macs(model: nn.Module) -> tuple[Tensor, int, list[tuple[str, BlockRe
     input_shape = getattr(model, "input_shape", None)
     if input_shape is None:
         raise ValueError("statistics need the network input shape; use a model built by laudnet")
-    cache = model.__dict__.setdefault("_static_macs_cache", {})
+    cache = _STATIC_MACS.setdefault(model, {})
     if input_shape not in cache:
         cache[input_shape] = static_macs(model, input_shape)
     static = cache[input_shape]
