@@ -187,8 +187,8 @@ class DynamicBlock(nn.Module):
         return self._last
 
     @last.setter
-    def last(self, record: BlockRecord | None) -> None:
-        self._last, self._pending = record, None
+    def last(self, value: BlockRecord | None) -> None:
+        self._last, self._pending = value, None
 
     def _finish(self, out: Tensor) -> Tensor:
         return out if self.out_act is None else self.out_act(out)

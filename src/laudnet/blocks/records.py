@@ -73,7 +73,7 @@ def record(branch: Branch, maskers: list[Masker], input_shape: torch.Size, devic
     if d.spatial is not None:
         computed = spatial_skipping.macs(branch, unit_masks)
     elif d.channel is not None:
-        computed = channel_skipping.macs(branch, channel_mask, d.layer, sizes)
+        computed = channel_skipping.macs(branch, sizes, channel_mask, d.layer)
     else:
         computed = layer_skipping.macs(branch, sizes, d.layer)
     rate = activation_rate(d, batch, device)

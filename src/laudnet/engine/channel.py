@@ -113,7 +113,7 @@ def plan(branch: Branch, batch: int, sizes: list[tuple[int, int]], groups: int, 
     return ops + branch.plan_epilogue(batch, sizes, running * sizes[-1][0] * sizes[-1][1], per_sample=True)
 
 
-def macs(branch: Branch, mask: Tensor, gate: Tensor | None, sizes: list[tuple[int, int]]) -> Tensor:
+def macs(branch: Branch, sizes: list[tuple[int, int]], mask: Tensor, gate: Tensor | None) -> Tensor:
     """Per-sample MACs (float64 ``(B,)``) of the branch with the inner channels of the
     ``(B, C_inner)`` 0/1 ``mask``, for the samples whose layer ``gate`` is on (``None``: all).
 
