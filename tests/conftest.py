@@ -1,8 +1,10 @@
+import math
 import os
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from laudnet.sparse import tuning
 
@@ -27,6 +29,32 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     scale = expected.abs().max().clamp_min(1e-6)
     err = float((actual - expected).abs().max() / scale)
     assert err <= tol, f"relative max difference {err:.2e} > {tol}"
+
+
+def _multiply_add(*shapes, out_shape, **kwargs) -> int:
+    return 2 * math.prod(out_shape)
+
+
+def _fused_convolution(*shapes, out_shape, **kwargs) -> int:
+    """oneDNN's fused convolution: ``(X, W, ...)``, or ``(X, other, W, ...)`` with a residual."""
+    weight = shapes[2] if isinstance(shapes[2], torch.Size) and len(shapes[2]) == 4 else shapes[1]
+    return 2 * math.prod(out_shape) * math.prod(weight[1:])
+
+
+@torch.no_grad()
+def count_executed_macs(model: nn.Module, x: Tensor) -> int:
+    """MACs actually executed by a forward pass, counted by ``torch.utils.flop_counter``
+    (which counts 2 FLOPs per MAC) in convolutions and matrix products, in oneDNN's fused
+    convolutions and in the in-place multiply-adds of sparse depthwise convolutions
+    (:meth:`PackedConv.rows`). A first, uncounted pass makes the kernel choices (whose
+    measurements would be counted too). Checks the analytic counts of the block records."""
+    model(x)
+    mapping = {torch.ops.aten.addcmul_: _multiply_add}
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        mapping[torch.ops.mkldnn._convolution_pointwise] = _fused_convolution
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,10 +15,9 @@ from torchvision.models.regnet import ResBottleneckBlock
 import laudnet
 from laudnet.blocks import DynamicBlock, DynamicInvertedResidual, DynamicResBottleneckBlock, FixedDecisions, Unit
 from laudnet.config import StageConfig
-from laudnet.dynamic import count_executed_macs
 from laudnet.sparse import upsample_mask
 
-from conftest import assert_close_to_scale, randomize_norms
+from conftest import assert_close_to_scale, count_executed_macs, randomize_norms
 
 
 def regnet_y(config, stride, gate_scale=False):

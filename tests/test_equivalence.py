@@ -10,11 +10,10 @@ from torch import nn
 import laudnet
 from laudnet.blocks import DynamicBasicBlock, DynamicBottleneck
 from laudnet.config import StageConfig
-from laudnet.dynamic import count_executed_macs
 from laudnet.engine import channel
 from laudnet.sparse import expand_groups, samples_by_channels
 
-from conftest import assert_close_to_scale, randomize_norms
+from conftest import assert_close_to_scale, count_executed_macs, randomize_norms
 
 SPECS = ([("spatial", s) for s in (1, 2, 3, 4, 7, 8)] + [("layer+spatial", s) for s in (1, 3, 8)]
          + [("channel", g) for g in (1, 2, 4)] + [("layer+channel", g) for g in (1, 4)] + [("layer", None)])

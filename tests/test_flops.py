@@ -72,3 +72,13 @@ def test_last_decision_keeps_the_masks_of_the_last_pass():
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
     assert model.layer1[0].last_decision is None
+
+
+def test_stats_keep_no_cache_on_the_model():
+    model = laudnet.create_model("cifar_resnet20", paradigm="spatial", granularity=2).eval()
+    before = set(vars(model))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    first = laudnet.stats(model)
+    assert laudnet.stats(model).static_flops == first.static_flops == laudnet.static_macs(model, (3, 32, 32))
+    assert set(vars(model)) == before

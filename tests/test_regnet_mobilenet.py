@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import laudnet
 from laudnet.blocks import DynamicInvertedResidual
-from laudnet.dynamic import count_executed_macs
+
+from conftest import count_executed_macs
 
 
 def test_torchvision_state_dicts_load_strictly_into_backbones():

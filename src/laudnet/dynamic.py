@@ -7,18 +7,22 @@ what the last forward pass did: activation rates and the FLOPs the sparse path e
 
 from __future__ import annotations
 
-import math
+import weakref
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import checks
-from .blocks.base import EXECUTION_MODES, BlockRecord, DynamicBlock, FixedDecisions
+from .blocks.base import EXECUTION_MODES, DynamicBlock
+from .blocks.decisions import FixedDecisions
+from .blocks.records import BlockRecord
 from .flops import static_macs
 from .gates import Masker
 from .models.base import DynamicNetwork
+
+_STATIC_MACS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+"""Static MACs per model and input shape, computed once (a static pass costs a forward
+pass); held here, not on the user's model, and dropped with the model."""
 
 
 def dynamic_blocks(model: nn.Module) -> list[tuple[str, DynamicBlock]]:
@@ -141,7 +145,7 @@ def network_macs(model: nn.Module) -> tuple[Tensor, int, list[tuple[str, BlockRe
     input_shape = getattr(model, "input_shape", None)
     if input_shape is None:
         raise ValueError("statistics need the network input shape; use a model built by laudnet")
-    cache = model.__dict__.setdefault("_static_macs_cache", {})
+    cache = _STATIC_MACS.setdefault(model, {})
     if input_shape not in cache:
         cache[input_shape] = static_macs(model, input_shape)
     static = cache[input_shape]
@@ -156,28 +160,3 @@ def stats(model: nn.Module) -> NetworkStats:
                          r.static_macs) for (name, r), (_, b) in zip(records, dynamic_blocks(model))]
     return NetworkStats(blocks, dynamic.detach(), static)
 
-
-def _multiply_add(*shapes, out_shape, **kwargs) -> int:
-    return 2 * math.prod(out_shape)
-
-
-def _fused_convolution(*shapes, out_shape, **kwargs) -> int:
-    """oneDNN's fused convolution: ``(X, W, ...)``, or ``(X, other, W, ...)`` with a residual."""
-    weight = shapes[2] if isinstance(shapes[2], torch.Size) and len(shapes[2]) == 4 else shapes[1]
-    return 2 * math.prod(out_shape) * math.prod(weight[1:])
-
-
-@torch.no_grad()
-def count_executed_macs(model: nn.Module, x: Tensor) -> int:
-    """MACs actually executed by a forward pass, counted by ``torch.utils.flop_counter``
-    (which counts 2 FLOPs per MAC) in convolutions and matrix products, in oneDNN's fused
-    convolutions and in the in-place multiply-adds of sparse depthwise convolutions
-    (:meth:`PackedConv.rows`). A first, uncounted pass makes the kernel choices (whose
-    measurements would be counted too). Used to check the analytic counts."""
-    model(x)
-    mapping = {torch.ops.aten.addcmul_: _multiply_add}
-    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        mapping[torch.ops.mkldnn._convolution_pointwise] = _fused_convolution
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(x)
-    return counter.get_total_flops() // 2

@@ -1,7 +1,10 @@
 """Dynamic blocks, one file per backbone family."""
 
-from .base import EXECUTION_MODES, BlockRecord, Decision, DynamicBlock, FixedDecisions, Unit
+from ..engine import Unit
+from .base import EXECUTION_MODES, DynamicBlock
+from .decisions import Decision, FixedDecisions
 from .mobilenet import DynamicInvertedResidual
+from .records import BlockRecord
 from .regnet import DynamicResBottleneckBlock
 from .resnet import DynamicBasicBlock, DynamicBottleneck
 

@@ -25,109 +25,33 @@ the active output pixels to compute it.
 ``masked`` execution computes the dense branch and multiplies (differentiable, for
 training). ``sparse`` execution hands the block's branch and its decision to the executor
 of the paradigm (:mod:`laudnet.engine`), which skips the work; the plans the latency
-predictor prices come from the same executors. ``static`` runs the original block without
-gates. Subclasses only declare their units, their shortcut and their output activation.
+predictor prices and the MACs a pass counts (:attr:`DynamicBlock.last`, :mod:`laudnet.blocks.records`)
+come from the same paradigm modules. ``static`` runs the original block without gates.
+Subclasses only declare their units, their shortcut and their output activation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import checks
 from ..config import StageConfig
-from ..engine import Branch, Unit, engine_input, excite, inference, se_macs
+from ..engine import Branch, Unit, engine_input, excite, inference
 from ..engine import channel as channel_skipping
 from ..engine import layer as layer_skipping
 from ..engine import spatial as spatial_skipping
-from ..flops import conv_macs
 from ..gates import ChannelMasker, LayerMasker, Masker, SpatialMasker, decide
 from ..sparse import expand_groups
 from ..sparse.plan import Op
 from ..sparse.pixels import upsample_mask
+from .decisions import Decision, FixedDecisions
+from .records import BlockRecord, record, static_block_macs
 
 EXECUTION_MODES = ("masked", "sparse", "static")
-
-@dataclass
-class Decision:
-    """Decisions of one block for a batch, 0/1 (straight-through values while training).
-
-    ``spatial`` is ``(B, rows, cols)``, ``channel`` and ``channel_scale`` ``(B, groups)``,
-    ``layer`` and ``layer_scale`` ``(B,)``. Absent gates are ``None``.
-    """
-
-    spatial: Tensor | None = None
-    channel: Tensor | None = None
-    channel_scale: Tensor | None = None
-    layer: Tensor | None = None
-    layer_scale: Tensor | None = None
-
-    def detach(self) -> "Decision":
-        """A copy cut from the autograd graph, for inspection after the forward pass."""
-        return Decision(**{k: None if v is None else v.detach() for k, v in self.__dict__.items()})
-
-
-@dataclass
-class BlockRecord:
-    """What the last forward pass of a block did, per sample.
-
-    ``rate`` is the activation rate (share of patches / channel groups / blocks computed),
-    ``macs`` the MACs the sparse path executes (maskers, halo and shortcut included),
-    ``static_macs`` those of the static block. Both tensors keep their gradient in
-    training, which the budget loss uses.
-    """
-
-    rate: Tensor
-    macs: Tensor
-    static_macs: int
-    input_shape: tuple[int, ...]
-
-
-class FixedDecisions:
-    """Random decisions of a fixed activation rate, reproducible from a seed.
-
-    ``rate`` is the block's activation rate; in ``layer+X`` blocks each gate gets
-    ``sqrt(rate)`` (:meth:`StageConfig.gate_rates`). Per sample, exactly ``round(r × n)`` of
-    the n patches or channel groups are on; a layer gate is on with probability ``r``. The
-    same seed and batch shape always give the same decisions, so masked and sparse runs see
-    identical decisions.
-    """
-
-    def __init__(self, rate: float, seed: int = 0) -> None:
-        self.rate = checks.rate("activation rate", rate)
-        self.seed = int(seed)
-        self._cache: dict[tuple, Decision] = {}
-
-    @staticmethod
-    def _exact(rate: float, batch: int, units: int, generator: torch.Generator) -> Tensor:
-        keep = int(rate * units + 0.5)
-        order = torch.rand(batch, units, generator=generator).argsort(dim=1)
-        return torch.zeros(batch, units).scatter_(1, order[:, :keep], 1.0)
-
-    def decide(self, block: "DynamicBlock", x: Tensor) -> Decision:
-        key = (x.shape[0], x.shape[-2], x.shape[-1], x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self._make(block, x)
-        return self._cache[key]
-
-    def _make(self, block: "DynamicBlock", x: Tensor) -> Decision:
-        generator = torch.Generator().manual_seed(self.seed)
-        batch = x.shape[0]
-        decision = Decision()
-        layer_rate, inner_rate = block.config.gate_rates(self.rate)
-        if block.layer_masker is not None:
-            decision.layer = (torch.rand(batch, generator=generator) < layer_rate).float()
-        if block.spatial_masker is not None:
-            rows, cols = block.spatial_masker.grid(x.shape[-2], x.shape[-1])
-            decision.spatial = self._exact(inner_rate, batch, rows * cols, generator).view(batch, rows, cols)
-        if block.channel_masker is not None:
-            decision.channel = self._exact(inner_rate, batch, block.channel_masker.outputs, generator)
-        return Decision(**{k: None if v is None else v.to(x.device, x.dtype)
-                           for k, v in decision.__dict__.items()})
+"""How a block computes: dense times decisions, skipping the work, or without gates."""
 
 
 class DynamicBlock(nn.Module):
@@ -263,8 +187,8 @@ class DynamicBlock(nn.Module):
         return self._last
 
     @last.setter
-    def last(self, record: BlockRecord | None) -> None:
-        self._last, self._pending = record, None
+    def last(self, value: BlockRecord | None) -> None:
+        self._last, self._pending = value, None
 
     def _finish(self, out: Tensor) -> Tensor:
         return out if self.out_act is None else self.out_act(out)
@@ -354,61 +278,18 @@ class DynamicBlock(nn.Module):
         return ops + layer_skipping.plan(self.branch, batch, sizes, input_shape, rate)
 
     # ----------------------------------------------------------------- accounting
-    def _shortcut_macs(self, out_size: tuple[int, int]) -> int:
-        if self.downsample is None:
-            return 0
-        return sum(conv_macs(m, *out_size) for m in self.downsample.modules() if isinstance(m, nn.Conv2d))
-
     def static_macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the static block (branch and shortcut) for one ``(C, H, W)`` input."""
-        sizes = self.branch.sizes(input_shape[-2], input_shape[-1])
-        branch = sum(conv_macs(u.conv, *size) for u, size in zip(self.branch.units, sizes[1:]))
-        excitation = sum(se_macs(u.se) for u in self.branch.units if u.se is not None)
-        return branch + excitation + self._shortcut_macs(sizes[-1])
+        return static_block_macs(self.branch, input_shape)
 
     def _record(self, input_shape: torch.Size, device: torch.device, d: Decision | None,
                 unit_masks: list[Tensor] | None) -> BlockRecord:
-        shape = tuple(input_shape[1:])
-        static = self.static_macs(shape)
-        batch = input_shape[0]
+        """The record of a pass; after masked execution, spatial decisions count the pixels
+        sparse execution would compute."""
         if d is None:
-            ones = torch.ones(batch, device=device)
-            return BlockRecord(ones, ones.double() * static, static, shape)
-        units = self.branch.units
-        sizes = self.branch.sizes(shape[-2], shape[-1])
-        fixed = self._shortcut_macs(sizes[-1]) + sum(m.macs(shape) for m in self.maskers())
-        if d.spatial is not None:
-            rate = d.spatial.flatten(1).mean(dim=1)
-            if unit_masks is None:
-                unit_masks, _ = spatial_skipping.unit_masks(self.branch, self._spatial_mask(d, sizes[-1]), sizes)
-            branch = sum(mask.flatten(1).sum(dim=1, dtype=torch.float64) * conv_macs(u.conv, 1, 1)
-                         for u, mask in zip(units, unit_masks))
-            excited = (unit_masks[-1].detach().flatten(1).sum(dim=1) > 0).double()  # samples with active pixels
-            branch = branch + excited * sum(se_macs(u.se) for u in units if u.se is not None)
-            layer = None  # folded into the spatial mask
-        elif d.channel is not None:
-            mask, _ = self._channel_factors(d)
-            active = mask.sum(dim=1, dtype=torch.float64)
-            if not (mask.requires_grad and torch.is_grad_enabled()):  # training keeps the count differentiable
-                running = mask if d.layer is None else mask[d.layer > 0]
-                union = channel_skipping.channel_runs(running, sizes[-1][0] * sizes[-1][1])[1]
-                if union is not None:  # every sample ran on the union of the channels
-                    active = torch.full_like(active, union.shape[1])
-            rate = d.channel.mean(dim=1)
-            branch = 0.0
-            for i, (unit, size) in enumerate(zip(units, sizes[1:])):
-                cin = unit.conv.in_channels if i == 0 else active
-                cout = active if i < len(units) - 1 else unit.conv.out_channels
-                branch = branch + conv_macs(unit.conv, *size, in_channels=cin, out_channels=cout)
-                if unit.se is not None:
-                    branch = branch + se_macs(unit.se, cout)
-            layer = d.layer
-        else:
-            rate = torch.ones(batch, device=device)
-            branch = static - self._shortcut_macs(sizes[-1])
-            layer = d.layer
-        if d.layer is not None:
-            rate = rate * d.layer
-        if layer is not None:
-            branch = branch * layer.double()
-        return BlockRecord(rate, fixed + branch * torch.ones_like(rate, dtype=torch.float64), static, shape)
+            return record(self.branch, self.maskers(), input_shape, device, None)
+        channel_mask = None if d.channel is None else self._channel_factors(d)[0]
+        if d.spatial is not None and unit_masks is None:
+            sizes = self.branch.sizes(*input_shape[-2:])
+            unit_masks, _ = spatial_skipping.unit_masks(self.branch, self._spatial_mask(d, sizes[-1]), sizes)
+        return record(self.branch, self.maskers(), input_shape, device, d, channel_mask, unit_masks)

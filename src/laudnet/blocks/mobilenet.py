@@ -21,7 +21,8 @@ from torch.nn import functional as F
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..config import StageConfig
-from .base import DynamicBlock, Unit
+from ..engine import Unit
+from .base import DynamicBlock
 
 
 class DynamicInvertedResidual(DynamicBlock):

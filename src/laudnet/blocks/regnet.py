@@ -22,7 +22,8 @@ from torchvision.models.regnet import BottleneckTransform
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..config import StageConfig
-from .base import DynamicBlock, Unit
+from ..engine import Unit
+from .base import DynamicBlock
 
 
 class DynamicResBottleneckBlock(DynamicBlock):

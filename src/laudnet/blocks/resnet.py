@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from torchvision.models.resnet import conv1x1, conv3x3
 
 from ..config import StageConfig
-from .base import DynamicBlock, Unit
+from ..engine import Unit
+from .base import DynamicBlock
 
 
 class DynamicBasicBlock(DynamicBlock):

@@ -1,5 +1,6 @@
-"""The sparse engine: a block's branch run where its decision says, one executor per
-paradigm (:mod:`.spatial`, :mod:`.channel`, :mod:`.layer`), on the kernels of
+"""The sparse engine: a block's branch run where its decision says, one module per
+paradigm (:mod:`.spatial`, :mod:`.channel`, :mod:`.layer`, each with its executor ``run``,
+its expected operators ``plan`` and its MAC count ``macs``), on the kernels of
 :mod:`laudnet.sparse`, chosen by measurement. It knows nothing about gates."""
 
 from . import channel, layer, spatial

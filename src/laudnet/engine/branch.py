@@ -292,6 +292,19 @@ class Branch:
             self.out_act(out, inplace=True)
         return from_rows(out, identity.shape[0], *identity.shape[-2:])
 
+    # ----------------------------------------------------------------- MACs
+    def macs(self, sizes: list[tuple[int, int]]) -> int:
+        """MACs of the units at every pixel of one sample, squeeze-excitation included
+        (``sizes``: those of :meth:`sizes`)."""
+        units = sum(conv_macs(u.conv, *size) for u, size in zip(self.units, sizes[1:]))
+        return units + sum(se_macs(u.se) for u in self.units if u.se is not None)
+
+    def shortcut_macs(self, out_size: tuple[int, int]) -> int:
+        """MACs of the shortcut's convolutions for one sample with an ``out_size`` output."""
+        if self.shortcut_module is None:
+            return 0
+        return sum(conv_macs(m, *out_size) for m in self.shortcut_module.modules() if isinstance(m, nn.Conv2d))
+
     # ----------------------------------------------------------------- plans
     def plan_shortcut(self, batch: int, input_shape: tuple[int, int, int]) -> list[Op]:
         """The shortcut's convolution (its norm folded, as it runs)."""

@@ -4,6 +4,8 @@ The weights are sliced to the active channels (the inputs of every unit but the 
 outputs of every unit but the last). Samples that share a channel mask run together; samples
 with different masks run one by one, or together on the union of their channels with each
 sample's own mask applied, whichever :func:`union_is_cheaper` says costs less.
+:func:`run` executes, :func:`plan` lists the operators in expectation, :func:`macs` counts
+what was executed.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..flops import conv_macs
 from ..sparse.channels import samples_by_channels
 from ..sparse.plan import Op, memory_op
-from .branch import Branch
+from .branch import Branch, se_macs
 
 CHANNEL_RUN_PIXELS = 100
 """Fixed cost of one run of channel-sliced units, per active channel, in output pixels of
@@ -108,3 +111,28 @@ def plan(branch: Branch, batch: int, sizes: list[tuple[int, int]], groups: int, 
     if running >= batch and not separate:
         return ops + branch.plan_epilogue(batch, sizes)
     return ops + branch.plan_epilogue(batch, sizes, running * sizes[-1][0] * sizes[-1][1], per_sample=True)
+
+
+def macs(branch: Branch, sizes: list[tuple[int, int]], mask: Tensor, gate: Tensor | None) -> Tensor:
+    """Per-sample MACs (float64 ``(B,)``) of the branch with the inner channels of the
+    ``(B, C_inner)`` 0/1 ``mask``, for the samples whose layer ``gate`` is on (``None``: all).
+
+    A mask without gradient counts the channels :func:`run` computes: where the running
+    samples run together on the union of their channels (:func:`channel_runs`), each counts
+    the union. A straight-through mask that carries a gradient (training) counts each
+    sample's own channels, so that the count stays differentiable for the budget loss."""
+    active = mask.sum(dim=1, dtype=torch.float64)
+    if not (mask.requires_grad and torch.is_grad_enabled()):
+        running = mask if gate is None else mask[gate > 0]
+        union = channel_runs(running, sizes[-1][0] * sizes[-1][1])[1]
+        if union is not None:  # every sample ran on the union of the channels
+            active = torch.full_like(active, union.shape[1])
+    units = branch.units
+    computed = 0.0
+    for i, (unit, size) in enumerate(zip(units, sizes[1:])):
+        cin = unit.conv.in_channels if i == 0 else active
+        cout = active if i < len(units) - 1 else unit.conv.out_channels
+        computed = computed + conv_macs(unit.conv, *size, in_channels=cin, out_channels=cout)
+        if unit.se is not None:
+            computed = computed + se_macs(unit.se, cout)
+    return computed if gate is None else computed * gate.double()

@@ -1,4 +1,8 @@
-"""Layer skipping: run a block's branch only for the samples whose gate is on."""
+"""Layer skipping: run a block's branch only for the samples whose gate is on.
+
+:func:`run` executes, :func:`plan` lists the operators in expectation, :func:`macs` counts
+what was executed.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +40,10 @@ def plan(branch: Branch, batch: int, sizes: list[tuple[int, int]], input_shape: 
     every = [None] * len(branch.units)
     return (branch.plan_pick_samples(running, input_shape) + branch.plan_units(running, sizes, every)
             + branch.plan_epilogue(batch, sizes, running * sizes[-1][0] * sizes[-1][1], per_sample=True))
+
+
+def macs(branch: Branch, sizes: list[tuple[int, int]], gate: Tensor | None) -> int | Tensor:
+    """Per-sample MACs of the branch for the ``(B,)`` 0/1 ``gate``: the whole branch where it
+    is on, nothing where it is off (``None``: on for every sample)."""
+    every = branch.macs(sizes)
+    return every if gate is None else every * gate.double()

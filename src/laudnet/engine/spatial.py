@@ -4,7 +4,8 @@ Each unit is computed only at the pixels the next unit needs (the active output 
 dilated by the receptive fields of the later units: the halo is computed once, not per
 patch); the result is added to the identity at the active pixels only. A unit whose
 needed pixels cover most of its map (:data:`DENSE_FRACTION`) computes all of them:
-gathering would cost more than the extra pixels.
+gathering would cost more than the extra pixels. :func:`run` executes, :func:`plan` lists
+the operators in expectation, :func:`macs` counts what was executed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import math
 import torch
 from torch import Tensor
 
+from ..flops import conv_macs
 from ..sparse.extension import extension
 from ..sparse.plan import Op, axis_coverage, expected_needed
 from ..sparse.pixels import receptive_mask, upsample_mask
-from .branch import Branch
+from .branch import Branch, se_macs
 
 DENSE_FRACTION = 0.85
 """Share of a unit's output pixels above which sparse execution computes all of them."""
@@ -110,3 +112,14 @@ def plan(branch: Branch, batch: int, sizes: list[tuple[int, int]], patch: int, r
     if active >= batch * out_h * out_w:
         active = None
     return ops + branch.plan_units(batch, sizes, rows) + branch.plan_epilogue(batch, sizes, active)
+
+
+def macs(branch: Branch, masks: list[Tensor]) -> Tensor:
+    """Per-sample MACs (float64 ``(B,)``) of the branch computed at the pixels of the unit
+    ``masks`` (:func:`unit_masks`): each unit at its pixels, squeeze-excitation once per
+    sample with active output pixels. Differentiable through straight-through masks."""
+    units = branch.units
+    computed = sum(mask.flatten(1).sum(dim=1, dtype=torch.float64) * conv_macs(u.conv, 1, 1)
+                   for u, mask in zip(units, masks))
+    excited = (masks[-1].detach().flatten(1).sum(dim=1) > 0).double()  # samples with active pixels
+    return computed + excited * sum(se_macs(u.se) for u in units if u.se is not None)

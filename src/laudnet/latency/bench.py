@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from tqdm import tqdm
 
-from ..blocks.base import FixedDecisions
+from ..blocks.decisions import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
 from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats

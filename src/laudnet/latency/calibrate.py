@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..blocks.base import FixedDecisions
+from ..blocks.decisions import FixedDecisions
 from ..blocks.resnet import DynamicBottleneck
 from ..config import StageConfig
 from ..machine import cpu_field, cpu_flags, cpu_name

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..blocks.base import Decision, DynamicBlock, FixedDecisions
+from ..blocks import Decision, DynamicBlock, FixedDecisions
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import StageConfig
 from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
@@ -127,12 +127,12 @@ class ExactDecisions(FixedDecisions):
     (random ones; ``r`` its share of ``rate``), so that a measurement matches the plan of
     rate ``rate``."""
 
-    def _make(self, block: DynamicBlock, x: Tensor) -> Decision:
-        decision = super()._make(block, x)
+    def make(self, block: DynamicBlock, x: Tensor) -> Decision:
+        decision = super().make(block, x)
         if decision.layer is not None:
             generator = torch.Generator().manual_seed(self.seed + 7919)
             layer_rate, _ = block.config.gate_rates(self.rate)
-            decision.layer = self._exact(layer_rate, 1, x.shape[0], generator).view(-1).to(x.device, x.dtype)
+            decision.layer = self.exact(layer_rate, 1, x.shape[0], generator).view(-1).to(x.device, x.dtype)
         return decision
 
 

@@ -1,6 +1,7 @@
 // Index bookkeeping and the residual epilogue of spatial sparse execution, in one call each.
-// The PyTorch implementation in laudnet/blocks/base.py and laudnet/sparse/pixels.py defines
-// the semantics; these kernels compute exactly the same rows and taps (tests compare both).
+// The PyTorch implementation in laudnet/engine/spatial.py, laudnet/engine/branch.py and
+// laudnet/sparse/pixels.py defines the semantics; these kernels compute exactly the same rows
+// and taps (tests compare both).
 #include <torch/extension.h>
 
 #include <cstdint>
