@@ -27,7 +27,7 @@ import itertools
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,30 +44,11 @@ from ..sparse.pixels import gather_taps, neighbor_table, receptive_mask
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
 from .cost import MEMORY_KINDS, plan_cost
 from .hardware import Cache, Hardware, save_hardware, user_profile_dir
+from .samples import Sample
 from .measure import interleaved, stable_allocator
 
 FAMILIES = ("elementwise", "gather", "epilogue", "slice", "masker", "index", "gemm", "conv", "block")
 BLOCK_PARADIGMS = ("none", "spatial", "channel", "layer")
-
-
-@dataclass
-class Sample:
-    """A measured call: the plan operators it stands for and its median time in ms."""
-
-    family: str
-    ops: list[Op]
-    ms: float
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dict(family=self.family, ms=self.ms, meta=self.meta,
-                    ops=[dict(kind=o.kind, name=o.name, macs=o.macs, bytes=o.bytes, shape=list(o.shape),
-                              count=o.count) for o in self.ops])
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Sample":
-        ops = [Op(o["kind"], o["name"], o["macs"], o["bytes"], tuple(o["shape"]), o["count"]) for o in data["ops"]]
-        return cls(data["family"], ops, float(data["ms"]), data.get("meta", {}))
 
 
 STATISTICS = ("median", "min")
