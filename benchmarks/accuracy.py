@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from laudnet.evaluate import evaluate_checkpoint
-from laudnet.latency import interleaved, ratio
+from laudnet.measure import interleaved, ratio
 from laudnet.train import RunSpec, TrainConfig, Trainer, build_datasets, load_checkpoint, resume, train
 from laudnet.train.loop import CHECKPOINT
 

@@ -261,7 +261,7 @@ def add_bench(subparsers) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .latency.bench import RATES, run_suite
+    from .measure.bench import RATES, run_suite
 
     if args.threads is not None:
         if args.threads < 1:

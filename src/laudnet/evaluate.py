@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .dynamic import dynamic_blocks, set_execution, stats
-from .latency import interleaved, ratio
+from .measure import interleaved, ratio
 from .latency.predictor import predict_walk, walk_network
 from .outputs import claim
 from .train.data import eval_loader, has_boxes

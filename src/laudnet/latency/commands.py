@@ -143,7 +143,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from ..measure.calibrate import calibrate
 
     if args.report_dir is not None:
         check_directory(args.report_dir, "--report-dir")
@@ -162,7 +162,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     from .hardware import load_hardware
-    from .validate import validate
+    from ..measure.validate import validate
 
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))

@@ -32,7 +32,7 @@ from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
 from ..machine import cores, cpu_name
 from ..models import convert
 from ..outputs import claim
-from .measure import interleaved, ratio
+from .timing import interleaved, ratio
 from .runtimes import dense_baselines, runtime_versions
 
 # ResNet-50 bottlenecks: (stage, stride, in channels, width, input side)
@@ -158,7 +158,7 @@ def bench_network(arch: str, paradigm: str, granularity: str | None, rate: float
     """A whole torchvision network against its dynamic copy with fixed decisions of
     ``rate`` in every block; the static network runs in torch eager (NCHW and
     channels-last) and, with ``runtimes``, in ONNX Runtime and OpenVINO where installed
-    (:mod:`laudnet.latency.runtimes`)."""
+    (:mod:`laudnet.measure.runtimes`)."""
     reference, x, dense = _static_network(arch, batch, input_size, runtimes)
     model = convert(reference, paradigm=paradigm, granularity=granularity).eval()
     set_execution(model, "sparse")

@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ..blocks.base import Decision, DynamicBlock, FixedDecisions
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import StageConfig
+from ..latency.hardware import Hardware, load_hardware
+from ..latency.learned import LearnedPredictor
+from ..latency.predictor import price_block
 from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
-from .calibrate import time_call
-from .measure import stable_allocator
-from .hardware import Hardware, load_hardware
-from .predictor import price_block
+from .timing import stable_allocator, time_call
 
 # ResNet-18 basic blocks: (stage, stride, in channels, width, input side)
 RESNET18_BLOCKS = [
@@ -251,10 +252,6 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
     """Measure ``n`` held-out block configurations (of some ``paradigms`` only if given) and
     compare them with the predictions."""
     configs = sample_configs(n, seed, paradigms)
-    from tqdm import tqdm
-
-    from .learned import LearnedPredictor
-
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
