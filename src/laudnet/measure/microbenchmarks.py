@@ -26,6 +26,7 @@ from ..config import StageConfig
 from ..latency.samples import Sample
 from ..sparse.pixels import gather_taps, neighbor_table, receptive_mask
 from ..sparse.plan import Op, conv_op, gemm_op, memory_op
+from .resnet import projection
 from .timing import time_call
 
 FAMILIES = ("elementwise", "gather", "epilogue", "slice", "masker", "index", "gemm", "conv", "block")
@@ -79,10 +80,7 @@ def gather_cases(rng: np.random.Generator, n: int) -> Iterator[tuple[Op, Callabl
 def _bottleneck(channels: int, paradigm: str = "none", granularity: int | None = None, stride: int = 1,
                 downsample: bool = False) -> DynamicBottleneck:
     width = max(1, channels // 4)
-    shortcut = None
-    if downsample:
-        shortcut = torch.nn.Sequential(torch.nn.Conv2d(channels, width * 4, 1, stride, bias=False),
-                                       torch.nn.BatchNorm2d(width * 4))
+    shortcut = projection(channels, width * 4, stride) if downsample else None
     block = DynamicBottleneck(channels, width, stride, shortcut, config=StageConfig(paradigm, granularity)).eval()
     block.execution = "sparse"
     return block

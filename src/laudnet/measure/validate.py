@@ -29,16 +29,10 @@ from ..config import StageConfig
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.learned import LearnedPredictor
 from ..latency.predictor import price_block
-from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
+from .bench import machine_description, spatial_granularities
+from .resnet import RESNET18_BLOCKS, RESNET50_BLOCKS, downsample
 from .timing import stable_allocator, time_call
 
-# ResNet-18 basic blocks: (stage, stride, in channels, width, input side)
-RESNET18_BLOCKS = [
-    (1, 1, 64, 64, 56),
-    (2, 2, 64, 128, 56), (2, 1, 128, 128, 28),
-    (3, 2, 128, 256, 28), (3, 1, 256, 256, 14),
-    (4, 2, 256, 512, 14), (4, 1, 512, 512, 7),
-]
 VALIDATION_PARADIGMS = ("spatial", "spatial", "channel", "layer", "layer+spatial", "layer+channel", "none")
 CHANNEL_GRANULARITIES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 4, 8)
@@ -99,19 +93,13 @@ def sample_configs(n: int, seed: int = 0, paradigms: tuple[str, ...] | None = No
     return configs
 
 
-def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    if stride == 1 and in_channels == out_channels:
-        return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
-
-
 def build_block(config: BlockConfig, seed: int = 0) -> DynamicBlock:
     """The block of ``config`` with seeded random weights and batch-norm statistics, in
     sparse execution."""
     torch.manual_seed(seed)
     kind = DynamicBottleneck if config.family == "bottleneck" else DynamicBasicBlock
     out = config.width * kind.expansion
-    block = kind(config.in_channels, config.width, config.stride, _downsample(config.in_channels, out, config.stride),
+    block = kind(config.in_channels, config.width, config.stride, downsample(config.in_channels, out, config.stride),
                  config=StageConfig(config.paradigm, config.granularity))
     with torch.no_grad():
         for m in block.modules():
