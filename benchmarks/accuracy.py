@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from laudnet.evaluate import evaluate_checkpoint
-from laudnet.latency import interleaved, ratio
 from laudnet.checkpoint import CHECKPOINT
 from laudnet.data import build_datasets
+from laudnet.measure import interleaved, ratio
 from laudnet.train import RunSpec, TrainConfig, Trainer, load_checkpoint, resume, train
 
 STUDENTS = {

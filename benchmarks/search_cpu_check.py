@@ -7,7 +7,7 @@ Searches ResNet-50 at activation rate 0.5 for the calibrated ``local`` profile (
 dense network of the searched design and of a handful of other candidates (the best
 design of each single paradigm, the default spatial granularity 4-4-2-1 and S = 1), each
 interleaved with the dense network in one process at fixed random decisions of the rate
-(:func:`laudnet.latency.bench.bench_network`). Reports the median speedup with its
+(:func:`laudnet.measure.bench.bench_network`). Reports the median speedup with its
 interquartile range, the predicted one, and whether the searched design's measured speedup
 is within 10 % of the best measured. Timings are never asserted; this writes
 ``cpu_check.csv`` and ``cpu_check.md``.
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 import laudnet
-from laudnet.latency.bench import bench_network, machine_description
 from laudnet.latency.hardware import load_hardware
-from laudnet.latency.measure import stable_allocator
 from laudnet.latency.predictor import predict_walk, walk_network
+from laudnet.measure import stable_allocator
+from laudnet.measure.bench import bench_network, machine_description
 from laudnet.search import SearchSpace
 
 

@@ -4,7 +4,7 @@ the static network in torch eager, ONNX Runtime and OpenVINO.
     python benchmarks/sparse_speed.py --out benchmarks/results/sparse_speed [--quick] [--suite blocks]
         [--arch resnet50,mobilenet_v2] [--rates 0.5,1]
 
-Writes CSV, JSON and markdown tables (see laudnet.latency.bench). The same as
+Writes CSV, JSON and markdown tables (see laudnet.measure.bench). The same as
 ``laudnet bench``. Never run from the tests: timings are measured, not asserted.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from laudnet.latency.bench import RATES, run_suite
+from laudnet.measure.bench import RATES, run_suite
 
 
 def main() -> None:

@@ -15,14 +15,15 @@ import torchvision
 
 import laudnet
 from laudnet.dynamic import dynamic_blocks
-from laudnet.latency import calibrate as cal
 from laudnet.cli import main
 from laudnet.latency.cost import Cost, op_cost, plan_cost
 from laudnet.latency.hardware import list_hardware, load_hardware, save_hardware
 from laudnet.latency.learned import LearnedPredictor
-from laudnet.latency.measure import stable_allocator
 from laudnet.latency.predictor import predict_walk, walk_network
-from laudnet.latency.validate import ExactDecisions, accuracy, build_block, sample_configs
+from laudnet.latency.samples import Sample
+from laudnet.measure import calibrate as cal, microbenchmarks, timing
+from laudnet.measure.timing import stable_allocator
+from laudnet.measure.validate import ExactDecisions, accuracy, build_block, sample_configs
 from laudnet.sparse.plan import conv_op, gemm_op, memory_op
 
 SHIPPED = ["a100", "h100", "jetson_nano", "jetson_orin", "jetson_tx2", "rtx3060", "rtx3090", "t4", "v100",
@@ -261,7 +262,7 @@ def _synthetic_ops(rng: random.Random, n: int) -> list:
 def test_calibration_fit_recovers_a_known_machine():
     truth = load_hardware("x86_avx2")
     rng = random.Random(0)
-    samples = [cal.Sample(op.kind, [op], plan_cost([op], truth).total_ms) for op in _synthetic_ops(rng, 160)]
+    samples = [Sample(op.kind, [op], plan_cost([op], truth).total_ms) for op in _synthetic_ops(rng, 160)]
     start = cal.starting_profile(1)
     fitted = cal.fit(samples, start)
     report = cal.fit_report(samples, fitted)
@@ -280,12 +281,12 @@ def test_stable_allocator_configures_glibc():
 
 
 def test_time_call_and_micro_benchmark_cases_run():
-    assert cal.time_call(lambda: torch.relu(torch.ones(10)), repeats=3, min_ms=0.1) > 0
+    assert timing.time_call(lambda: torch.relu(torch.ones(10)), repeats=3, min_ms=0.1) > 0
     with pytest.raises(ValueError, match="statistic 'mean' is unknown"):
-        cal.time_call(lambda: None, statistic="mean")
+        timing.time_call(lambda: None, statistic="mean")
     rng = np.random.default_rng(0)
     for family in ("gather", "epilogue", "slice", "masker", "index", "block"):
-        case = next(cal.SUITE[family][0](rng, 1))
+        case = next(microbenchmarks.SUITE[family][0](rng, 1))
         ops, fn = (case[0], case[1]) if family == "block" else ([case[0]], case[1])
         with torch.no_grad():
             fn()
@@ -297,7 +298,7 @@ def test_learned_predictor_trains_and_predicts():
     truth = load_hardware("x86_avx2")
     rng = random.Random(2)
     ops = _synthetic_ops(rng, 300)
-    samples = [cal.Sample(op.kind, [op], plan_cost([op], truth).total_ms * math.exp(rng.gauss(0, 0.02)))
+    samples = [Sample(op.kind, [op], plan_cost([op], truth).total_ms * math.exp(rng.gauss(0, 0.02)))
                for op in ops]
     learned = LearnedPredictor(samples, truth)
     again = LearnedPredictor(samples, truth)

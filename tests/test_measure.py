@@ -1,6 +1,6 @@
 import pytest
 
-from laudnet.latency import interleaved, ratio
+from laudnet.measure import interleaved, ratio
 
 
 def test_interleaved_runs_every_candidate_each_round_and_reports_ratios():

@@ -147,7 +147,7 @@ def test_eval_refuses_an_unusable_output_before_evaluating(teacher, tmp_path, ca
 
 
 def test_search_refuses_a_directory_as_its_output_before_searching(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(laudnet.search_command, "search", lambda *a, **k: pytest.fail("searched"))
+    monkeypatch.setattr(laudnet.cli.search, "search", lambda *a, **k: pytest.fail("searched"))
     code, err = run_cli(["search", "--out", tmp_path], capsys)
     assert code == 2
     assert_one_line(err, "is a directory; give a file name")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from laudnet.latency.bench import markdown_table, network_suite
-from laudnet.latency.runtimes import RUNTIMES, available_runtimes, dense_baselines
+from laudnet.measure.bench import markdown_table, network_suite
+from laudnet.measure.runtimes import RUNTIMES, available_runtimes, dense_baselines
 
 
 def _outputs(result) -> torch.Tensor:

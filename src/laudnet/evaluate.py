@@ -24,7 +24,7 @@ from .checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
 from .data.build import has_boxes
 from .data.loaders import eval_loader
 from .dynamic import dynamic_blocks, set_execution
-from .latency import interleaved, ratio
+from .measure import interleaved, ratio
 from .latency.predictor import predict_walk, walk_network
 from .metrics import accumulate
 from .outputs import claim

@@ -28,7 +28,7 @@ Both device kinds combine a compute time and a memory time,
   (which serves such allocations with ``mmap``, so every call page-faults): ``output bytes /
   page bandwidth``, for GEMMs, convolutions, gathers and element-wise operators, whose
   result size the operator gives. Calibration runs with
-  :func:`laudnet.latency.measure.stable_allocator`, which avoids this (the fitted page
+  :func:`laudnet.measure.timing.stable_allocator`, which avoids this (the fitted page
   bandwidth is then high).
 - overhead: ``count ×`` the kind's fixed cost (operator dispatch; several small operators for
   ``index``, ``masker`` and ``epilogue``).

@@ -17,6 +17,7 @@ import numpy as np
 from ..sparse.plan import Op
 from .cost import Cost, gemm_dims, op_cost, output_bytes, weight_bytes
 from .hardware import Hardware
+from .samples import Sample
 
 MIN_SAMPLES = 8
 _CACHE: dict[tuple, "LearnedPredictor"] = {}
@@ -39,7 +40,7 @@ def features(op: Op) -> list[float]:
 class LearnedPredictor:
     """Gradient-boosted regressors per operator kind; ``op_cost`` prices one plan operator."""
 
-    def __init__(self, samples: list, fallback: Hardware, seed: int = 0) -> None:
+    def __init__(self, samples: list[Sample], fallback: Hardware, seed: int = 0) -> None:
         from sklearn.ensemble import GradientBoostingRegressor
 
         self.fallback = fallback
@@ -62,8 +63,6 @@ class LearnedPredictor:
     @classmethod
     def for_hardware(cls, hw: Hardware) -> "LearnedPredictor":
         """The predictor trained on ``hw``'s calibration samples (cached per profile)."""
-        from .calibrate import Sample
-
         if not hw.samples:
             raise ValueError(f"the learned predictor needs calibration measurements, which profile {hw.name!r} "
                              "does not have; run `laudnet latency calibrate` and use hardware 'local'")

@@ -14,6 +14,7 @@ rates: the latency budget of training (:func:`laudnet.train.losses.latency_budge
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,9 @@ from .predictor import predict_walk, price_block, walk_network
 
 TABLE_POINTS = 9
 """Activation rates of a latency table: 0, 1/8, …, 1."""
+
+_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, "LatencyTable"]] = weakref.WeakKeyDictionary()
+"""The latency tables built for each model, by device, batch size, input size and points."""
 
 
 def block_signature(block: DynamicBlock) -> tuple:
@@ -69,6 +73,18 @@ def plan_rate(block: DynamicBlock, rate: float) -> float:
     return math.sqrt(rate) if combined else rate
 
 
+def _interpolate(block_ms: Tensor, rates: Tensor) -> Tensor:
+    """``block_ms[i]`` (a block's latency at evenly spaced rates from 0 to 1) interpolated
+    linearly at ``rates[i, j]``, for every block ``i``; differentiable in ``rates``."""
+    steps = block_ms.shape[1] - 1
+    position = rates.clamp(0.0, 1.0) * steps
+    low = position.detach().floor().clamp(max=steps - 1).long()
+    fraction = position - low
+    below = block_ms.gather(1, low)
+    above = block_ms.gather(1, low + 1)
+    return below + fraction * (above - below)
+
+
 @dataclass
 class LatencyTable:
     """Predicted latency of one batch of a network, per gated block at ``rates``.
@@ -94,13 +110,7 @@ class LatencyTable:
                              f"got shape {tuple(rates.shape)}")
         rates = rates.to(torch.promote_types(rates.dtype, torch.float32))  # not in bfloat16
         table = self.block_ms.to(rates.device, rates.dtype)
-        steps = len(self.rates) - 1
-        position = rates.clamp(0.0, 1.0) * steps
-        low = position.detach().floor().clamp(max=steps - 1).long()
-        fraction = position - low
-        below = table.gather(1, low[:, None]).squeeze(1)
-        above = table.gather(1, (low + 1)[:, None]).squeeze(1)
-        return self.fixed_ms + (below + fraction * (above - below)).sum()
+        return self.fixed_ms + _interpolate(table, rates[:, None]).squeeze(1).sum()
 
     def uniform_ms(self, rate: float) -> float:
         """Predicted milliseconds with every gated block at activation ``rate``."""
@@ -110,12 +120,8 @@ class LatencyTable:
         """The largest common activation rate (on a grid of ``resolution`` steps) whose
         predicted latency is within ``budget_ms``; raises if even rate 0 exceeds it."""
         grid = torch.linspace(0.0, 1.0, resolution + 1, dtype=torch.float64)
-        table = self.block_ms.double()
-        steps = len(self.rates) - 1
-        position = grid * steps
-        low = position.floor().clamp(max=steps - 1).long()
-        fraction = position - low
-        totals = self.fixed_ms + (table[:, low] + fraction * (table[:, low + 1] - table[:, low])).sum(dim=0)
+        rates = grid.expand(len(self.names), -1)
+        totals = self.fixed_ms + _interpolate(self.block_ms.double(), rates).sum(dim=0)
         within = (totals <= budget_ms).nonzero()
         if len(within) == 0:
             raise ValueError(f"latency budget {budget_ms:g} ms is below the {float(totals[0]):.4g} ms predicted on "
@@ -137,7 +143,7 @@ def latency_table(model: nn.Module, hardware: str | Hardware, batch_size: int = 
                   points: int = TABLE_POINTS) -> LatencyTable:
     """The latency table of ``model`` (a laudnet dynamic network) on ``hardware`` for batches
     of ``batch_size`` ``input_size × input_size`` images (default: the size of the model's
-    last input), at ``points`` evenly spaced rates. Built once and cached on the model."""
+    last input), at ``points`` evenly spaced rates. Built once per model and cached while it lives."""
     hw = load_hardware(hardware)
     if input_size is None:
         shape = getattr(model, "input_shape", None)
@@ -149,7 +155,7 @@ def latency_table(model: nn.Module, hardware: str | Hardware, batch_size: int = 
     if points < 2:
         raise ValueError(f"a latency table needs at least 2 rates, got {points}")
     key = (hw.name, str(hw.path), batch_size, input_size, points)
-    cache = model.__dict__.setdefault("_latency_tables", {})
+    cache = _TABLES.setdefault(model, {})
     if key not in cache:
         cache[key] = _build_table(model, hw, batch_size, input_size, points)
     return cache[key]

@@ -3,10 +3,13 @@
 Timing A then B on a noisy machine compares two different moments. Interleaving
 (A B A B …, in a shuffled order each round) in one process exposes both to the same
 noise; the median of the per-round ratios, with its spread, is the figure to report.
+:func:`time_call` times one short call (looped past the timer's resolution), and
+:func:`stable_allocator` keeps the allocator from returning memory between calls.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -89,6 +92,31 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], repeats: int = 2
 def ratio(timings: Mapping[str, Timing], baseline: str, candidate: str) -> Ratio:
     """Per-round ``baseline / candidate`` time ratios."""
     return Ratio([b / c for b, c in zip(timings[baseline].times, timings[candidate].times)])
+
+
+STATISTICS = ("median", "min")
+"""What :func:`time_call` reports of its rounds."""
+
+
+def time_call(fn: Callable[[], object], repeats: int = 7, min_ms: float = 2.0, statistic: str = "median") -> float:
+    """Milliseconds of one call of ``fn``: the median (or the minimum, less sensitive to
+    other jobs on a shared machine) over ``repeats`` rounds after a warm-up, each round
+    looping ``fn`` for at least ``min_ms``."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    inner = max(1, math.ceil(min_ms * 1e-3 / max(once, 1e-7)))
+
+    def round_() -> None:
+        for _ in range(inner):
+            fn()
+
+    timing = interleaved({"call": round_}, repeats=repeats, warmup=1)["call"]
+    ms = timing.median_ms if statistic == "median" else 1e3 * min(timing.times)
+    return ms / inner
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4

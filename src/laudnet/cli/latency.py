@@ -1,12 +1,11 @@
-"""Command-line commands of the latency predictor, for the ``laudnet`` CLI:
+"""``laudnet hardware``, ``predict`` and ``latency``: the latency predictor on the command line.
 
 - ``hardware list`` / ``hardware show NAME``: the known device profiles;
 - ``predict``: predicted latency of a network on a device, with its per-block breakdown;
 - ``latency calibrate`` / ``latency validate``: fit the ``local`` profile to this CPU and
   check the predictor against measurements of held-out blocks.
 
-``add_parsers(subparsers)`` registers them; each sets ``run``, which ``laudnet.cli.main``
-calls, turning bad input (``ValueError``) into a one-line message and exit code 2.
+``add_parsers(subparsers)`` registers them.
 """
 
 from __future__ import annotations
@@ -15,29 +14,17 @@ import argparse
 import json
 from pathlib import Path
 
+import torchvision
+
+from ..latency.hardware import list_hardware, load_hardware
+from ..latency.predictor import predict_latency
+from ..measure.calibrate import calibrate
+from ..measure.validate import validate
+from ..models import create_model, list_models
 from ..outputs import check_directory, claim
+from .arguments import positive_int, rate
 
 DEFAULT_THREADS = 2
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rate {text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"rate {value} is outside [0, 1]")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -57,9 +44,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                               "none (default) gives the static network")
     predict.add_argument("--granularity", default=None, help="per-stage S or G, e.g. 4-4-2-1")
     predict.add_argument("--hardware", default="v100", help="profile name (see `hardware list`) or JSON path")
-    predict.add_argument("--batch-size", type=_positive, default=128)
-    predict.add_argument("--input-size", type=_positive, default=224)
-    predict.add_argument("--rate", type=_rate, default=None, help="activation rate of every gate (default 1)")
+    predict.add_argument("--batch-size", type=positive_int, default=128)
+    predict.add_argument("--input-size", type=positive_int, default=224)
+    predict.add_argument("--rate", type=rate, default=None, help="activation rate of every gate (default 1)")
     predict.add_argument("--method", choices=("analytic", "learned"), default="analytic")
     predict.add_argument("--execution", choices=("sparse", "static"), default="sparse")
     predict.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -67,34 +54,35 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     latency = subparsers.add_parser("latency", help="calibrate and validate the predictor on this CPU")
     latency_commands = latency.add_subparsers(dest="latency_command", metavar="{calibrate,validate}", required=True)
-    calibrate = latency_commands.add_parser("calibrate", help="measure this CPU and write the `local` profile")
-    calibrate.add_argument("--out", type=Path, default=None,
-                           help="profile path (default: local.json in the user profile directory)")
-    calibrate.add_argument("--threads", type=_positive, default=DEFAULT_THREADS)
-    calibrate.add_argument("--scale", type=float, default=1.0, help="multiplies the number of micro-benchmarks")
-    calibrate.add_argument("--repeats", type=_positive, default=7)
-    calibrate.add_argument("--statistic", choices=("median", "min"), default="median")
-    calibrate.add_argument("--seed", type=int, default=0)
-    calibrate.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
-    calibrate.set_defaults(run=calibrate_command)
-    validate = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
-    validate.add_argument("--n", type=_positive, default=60, help="number of block configurations")
-    validate.add_argument("--seed", type=int, default=1)
-    validate.add_argument("--hardware", default="local")
-    validate.add_argument("--threads", type=_positive, default=None, help="default: those of the profile")
-    validate.add_argument("--repeats", type=_positive, default=7)
-    validate.add_argument("--decisions", type=_positive, default=3, help="random decision sets per configuration")
-    validate.add_argument("--statistic", choices=("median", "min"), default="median")
-    validate.add_argument("--paradigms", default=None,
-                          help="comma-separated paradigms to validate (default: all), e.g. spatial,layer+spatial")
-    validate.add_argument("--out", type=Path, default=Path("latency-validation"))
-    validate.set_defaults(run=validate_command)
+    calibrate_parser = latency_commands.add_parser("calibrate", help="measure this CPU and write the `local` profile")
+    calibrate_parser.add_argument("--out", type=Path, default=None,
+                                  help="profile path (default: local.json in the user profile directory)")
+    calibrate_parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS)
+    calibrate_parser.add_argument("--scale", type=float, default=1.0,
+                                  help="multiplies the number of micro-benchmarks")
+    calibrate_parser.add_argument("--repeats", type=positive_int, default=7)
+    calibrate_parser.add_argument("--statistic", choices=("median", "min"), default="median")
+    calibrate_parser.add_argument("--seed", type=int, default=0)
+    calibrate_parser.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
+    calibrate_parser.set_defaults(run=calibrate_command)
+    validate_parser = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
+    validate_parser.add_argument("--n", type=positive_int, default=60, help="number of block configurations")
+    validate_parser.add_argument("--seed", type=int, default=1)
+    validate_parser.add_argument("--hardware", default="local")
+    validate_parser.add_argument("--threads", type=positive_int, default=None, help="default: those of the profile")
+    validate_parser.add_argument("--repeats", type=positive_int, default=7)
+    validate_parser.add_argument("--decisions", type=positive_int, default=3,
+                                 help="random decision sets per configuration")
+    validate_parser.add_argument("--statistic", choices=("median", "min"), default="median")
+    validate_parser.add_argument("--paradigms", default=None,
+                                 help="comma-separated paradigms to validate (default: all), "
+                                      "e.g. spatial,layer+spatial")
+    validate_parser.add_argument("--out", type=Path, default=Path("latency-validation"))
+    validate_parser.set_defaults(run=validate_command)
 
 
 # --------------------------------------------------------------------------------- commands
 def hardware_list(args: argparse.Namespace) -> int:
-    from .hardware import list_hardware, load_hardware
-
     print(f"{'name':<14}{'kind':<6}{'FP32 TFLOPS':>12}{'GB/s':>8}  {'status':<13}title")
     for name in list_hardware():
         hw = load_hardware(name)
@@ -104,8 +92,6 @@ def hardware_list(args: argparse.Namespace) -> int:
 
 
 def hardware_show(args: argparse.Namespace) -> int:
-    from .hardware import load_hardware
-
     print(load_hardware(args.name).describe())
     return 0
 
@@ -113,14 +99,10 @@ def hardware_show(args: argparse.Namespace) -> int:
 def build_model(arch: str, paradigm: str, granularity: str | None, input_size: int):
     """A laudnet dynamic model, or a static torchvision one for ``paradigm="none"``, with
     random weights on the meta device (shapes only: nothing is computed or downloaded)."""
-    import torchvision
-
-    import laudnet
-
     if paradigm != "none" or granularity is not None:
-        if arch not in laudnet.list_models():
-            raise ValueError(f"no dynamic model {arch!r}; dynamic models: {', '.join(laudnet.list_models())}")
-        model = laudnet.create_model(arch, paradigm=paradigm, granularity=granularity, input_size=input_size)
+        if arch not in list_models():
+            raise ValueError(f"no dynamic model {arch!r}; dynamic models: {', '.join(list_models())}")
+        model = create_model(arch, paradigm=paradigm, granularity=granularity, input_size=input_size)
     else:
         names = set(torchvision.models.list_models(module=torchvision.models))
         if arch not in names:
@@ -131,9 +113,6 @@ def build_model(arch: str, paradigm: str, granularity: str | None, input_size: i
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from .hardware import load_hardware
-    from .predictor import predict_latency
-
     hw = load_hardware(args.hardware)
     model = build_model(args.arch, args.paradigm, args.granularity, args.input_size)
     report = predict_latency(model, hw, args.batch_size, args.input_size, args.rate, args.method, args.execution)
@@ -143,8 +122,6 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
-
     if args.report_dir is not None:
         check_directory(args.report_dir, "--report-dir")
     hw, report = calibrate(args.out, args.threads, args.scale, args.repeats, args.seed, statistic=args.statistic)
@@ -161,9 +138,6 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from .hardware import load_hardware
-    from .validate import validate
-
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
     with claim(args.out):

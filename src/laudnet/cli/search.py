@@ -1,5 +1,5 @@
 """``laudnet search``: the per-stage paradigm and granularity with the lowest predicted
-latency on a device (:func:`laudnet.search.search`); ``add_parser(subparsers)`` registers it.
+latency on a device (:func:`laudnet.search.search`); ``add_parsers(subparsers)`` registers it.
 Values are checked by the library, so that bad input gives a one-line message and exit code 2
 (only text that is not a number at all is argparse's to refuse).
 """
@@ -10,11 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .outputs import check_file
-from .search import BUDGETS, SEARCH_PARADIGMS, TOLERANCE, search
+from ..outputs import check_file
+from ..search import BUDGETS, SEARCH_PARADIGMS, TOLERANCE, search
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``search`` command on the ``laudnet`` CLI's subparsers."""
     p = subparsers.add_parser(
         "search", help="search the per-stage paradigm and granularity for a device",
@@ -36,7 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON to this file")
     p.set_defaults(run=search_command)
-    return p
 
 
 def search_command(args: argparse.Namespace) -> int:

@@ -32,16 +32,10 @@ from ..dynamic import dynamic_blocks, set_decisions, set_execution, stats
 from ..machine import cores, cpu_name
 from ..models import convert
 from ..outputs import claim
-from .measure import interleaved, ratio
+from .resnet import RESNET50_BLOCKS, downsample
 from .runtimes import dense_baselines, runtime_versions
+from .timing import interleaved, ratio
 
-# ResNet-50 bottlenecks: (stage, stride, in channels, width, input side)
-RESNET50_BLOCKS = [
-    (1, 1, 256, 64, 56),
-    (2, 2, 256, 128, 56), (2, 1, 512, 128, 28),
-    (3, 2, 512, 256, 28), (3, 1, 1024, 256, 14),
-    (4, 2, 1024, 512, 14), (4, 1, 2048, 512, 7),
-]
 RATES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -124,8 +118,8 @@ def bench_block(stage: int, stride: int, in_channels: int, width: int, side: int
                 decisions: int = 4) -> BenchRow:
     """One ResNet-50 bottleneck: torchvision's against the dynamic one in sparse execution."""
     torch.manual_seed(0)
-    dense = Bottleneck(in_channels, width, stride, _downsample(in_channels, width * 4, stride)).eval()
-    block = DynamicBottleneck(in_channels, width, stride, _downsample(in_channels, width * 4, stride),
+    dense = Bottleneck(in_channels, width, stride, downsample(in_channels, width * 4, stride)).eval()
+    block = DynamicBottleneck(in_channels, width, stride, downsample(in_channels, width * 4, stride),
                               config=StageConfig(paradigm, granularity)).eval()
     block.load_state_dict(dense.state_dict(), strict=False)
     block.execution = "sparse"
@@ -147,18 +141,12 @@ def bench_block(stage: int, stride: int, in_channels: int, width: int, side: int
                     *r.spread, r.median * realized)
 
 
-def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    if stride == 1 and in_channels == out_channels:
-        return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
-
-
 def bench_network(arch: str, paradigm: str, granularity: str | None, rate: float, batch: int,
                   repeats: int = 5, decisions: int = 2, input_size: int = 224, runtimes: bool = True) -> BenchRow:
     """A whole torchvision network against its dynamic copy with fixed decisions of
     ``rate`` in every block; the static network runs in torch eager (NCHW and
     channels-last) and, with ``runtimes``, in ONNX Runtime and OpenVINO where installed
-    (:mod:`laudnet.latency.runtimes`)."""
+    (:mod:`laudnet.measure.runtimes`)."""
     reference, x, dense = _static_network(arch, batch, input_size, runtimes)
     model = convert(reference, paradigm=paradigm, granularity=granularity).eval()
     set_execution(model, "sparse")

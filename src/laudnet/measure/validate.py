@@ -21,23 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ..blocks import Decision, DynamicBlock, FixedDecisions
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import StageConfig
-from .bench import RESNET50_BLOCKS, machine_description, spatial_granularities
-from .calibrate import time_call
-from .measure import stable_allocator
-from .hardware import Hardware, load_hardware
-from .predictor import price_block
+from ..latency.hardware import Hardware, load_hardware
+from ..latency.learned import LearnedPredictor
+from ..latency.predictor import price_block
+from .bench import machine_description, spatial_granularities
+from .resnet import RESNET18_BLOCKS, RESNET50_BLOCKS, downsample
+from .timing import stable_allocator, time_call
 
-# ResNet-18 basic blocks: (stage, stride, in channels, width, input side)
-RESNET18_BLOCKS = [
-    (1, 1, 64, 64, 56),
-    (2, 2, 64, 128, 56), (2, 1, 128, 128, 28),
-    (3, 2, 128, 256, 28), (3, 1, 256, 256, 14),
-    (4, 2, 256, 512, 14), (4, 1, 512, 512, 7),
-]
 VALIDATION_PARADIGMS = ("spatial", "spatial", "channel", "layer", "layer+spatial", "layer+channel", "none")
 CHANNEL_GRANULARITIES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 4, 8)
@@ -98,19 +93,13 @@ def sample_configs(n: int, seed: int = 0, paradigms: tuple[str, ...] | None = No
     return configs
 
 
-def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    if stride == 1 and in_channels == out_channels:
-        return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
-
-
 def build_block(config: BlockConfig, seed: int = 0) -> DynamicBlock:
     """The block of ``config`` with seeded random weights and batch-norm statistics, in
     sparse execution."""
     torch.manual_seed(seed)
     kind = DynamicBottleneck if config.family == "bottleneck" else DynamicBasicBlock
     out = config.width * kind.expansion
-    block = kind(config.in_channels, config.width, config.stride, _downsample(config.in_channels, out, config.stride),
+    block = kind(config.in_channels, config.width, config.stride, downsample(config.in_channels, out, config.stride),
                  config=StageConfig(config.paradigm, config.granularity))
     with torch.no_grad():
         for m in block.modules():
@@ -251,10 +240,6 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
     """Measure ``n`` held-out block configurations (of some ``paradigms`` only if given) and
     compare them with the predictions."""
     configs = sample_configs(n, seed, paradigms)
-    from tqdm import tqdm
-
-    from .learned import LearnedPredictor
-
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")

@@ -1,63 +1,31 @@
-"""The ``laudnet`` command.
-
-Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and
-sets ``run`` (a function of the parsed arguments returning an exit code or ``None``).
-Adding a subcommand means writing one such function and listing it in
-:data:`SUBCOMMANDS`.
-
-:func:`main` is the one error boundary: failures of the user's making (bad values, paths
-that cannot be read or written, a busy run directory, an absent device, undecodable data, a
-checkpoint that does not fit: :class:`laudnet.errors.LaudnetError`, ``ValueError``,
-``OSError`` on a named file) print ``laudnet: error: <message>`` on one line and exit with
-code 2; a run stopped by non-finite values exits with 1; any other exception is a bug and
-keeps its traceback. Warnings of the library (logger ``laudnet``) print as
-``laudnet: warning: <message>``.
-"""
+"""``laudnet demo``, ``train``, ``eval`` and ``report``: training runs, their evaluation
+and the HTML report; ``add_parsers(subparsers)`` registers them."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-from pathlib import Path
-import sys
-from typing import Callable, Sequence
 
-from .errors import LaudnetError, NonFiniteError
-from .latency.commands import add_parsers as add_latency_commands
-from .search_command import add_parser as add_search
-from .data.build import DATASETS
-from .train.loop import TrainConfig
+from .. import checks, distributed
+from ..checkpoint import RunSpec
+from ..data.build import DATASETS
+from ..demo import run_demo as demo
+from ..evaluate import evaluate_checkpoint, summary_markdown
+from ..latency.hardware import load_hardware
+from ..report import write_report
+from ..train.loop import TrainConfig, resume, train
+from .arguments import name_list, positive_int_list
 
 DEFAULTS = TrainConfig()
 
 
-def _positive_int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
-
-
-def _name_list(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _rate_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected activation rates in [0, 1] separated by commas, got {text!r}")
-    return values
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``demo``, ``train``, ``eval`` and ``report`` commands."""
+    for add in (add_demo, add_train, add_eval, add_report):
+        add(subparsers)
 
 
 # --------------------------------------------------------------------- train
-def add_train(subparsers) -> None:
+def add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a static teacher (--static) or a dynamic student (--teacher CKPT)",
         description="Train a network. First a static teacher (--static), then a dynamic student that starts "
@@ -119,16 +87,11 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from . import distributed
-    from .checkpoint import RunSpec
-    from .train.loop import resume, train
-
     if args.resume is None and args.out is None:
         raise ValueError("give --out DIR for a new run, or --resume DIR to continue one")
     if args.resume is not None and args.out is not None:
         raise ValueError("--resume DIR continues the run in DIR; do not give --out with it")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be non-negative, got {args.workers}")
+    checks.integer("--workers", args.workers, minimum=0)
     context = distributed.setup(args.device)
     try:
         if args.resume is not None:
@@ -157,7 +120,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------- eval
-def add_eval(subparsers) -> None:
+def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="accuracy, activation rates, FLOPs and measured sparse-vs-dense latency of a checkpoint",
         description="Evaluate a checkpoint on its dataset's test split: top-1 accuracy, per-block activation "
@@ -169,10 +132,10 @@ def add_eval(subparsers) -> None:
     p.add_argument("--data", metavar="PATH", help="where the dataset's files are")
     p.add_argument("--test-size", type=int, help="use the first N test images")
     p.add_argument("--execution", default="sparse", help="sparse (default) or masked, for accuracy")
-    p.add_argument("--latency-batch", type=_positive_int_list, default=[1, 32], metavar="N[,N...]",
+    p.add_argument("--latency-batch", type=positive_int_list, default=[1, 32], metavar="N[,N...]",
                    help="batch sizes of the latency measurement (default: 1,32)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds (default: %(default)s)")
-    p.add_argument("--hardware", type=_name_list, default=[], metavar="NAME[,NAME...]",
+    p.add_argument("--hardware", type=name_list, default=[], metavar="NAME[,NAME...]",
                    help="also predict the latency on these profiles, at the latency batch sizes "
                         "(see `laudnet hardware list`)")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and eval.md (default: the run directory)")
@@ -180,12 +143,7 @@ def add_eval(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_checkpoint, summary_markdown
-
-    from .latency.hardware import load_hardware
-
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    checks.positive_int("--repeats", args.repeats)
     for name in args.hardware:  # unknown profiles are refused before the evaluation runs
         load_hardware(name)
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data=args.data, test_size=args.test_size,
@@ -197,7 +155,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------- report
-def add_report(subparsers) -> None:
+def add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report", help="plots and mask overlays of evaluated runs, in one HTML page",
         description="Gather evaluations (eval.json files from `laudnet eval`) into report.html: accuracy "
@@ -211,14 +169,12 @@ def add_report(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from .report import write_report
-
     path = write_report(args.evals, args.out, examples=args.examples, title=args.title)
     print(f"report: {path.resolve()}")
 
 
 # --------------------------------------------------------------------- demo
-def add_demo(subparsers) -> None:
+def add_demo(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="the whole story on embedded data in a few minutes: teacher, student, eval, report",
         description="On the embedded cluttered-objects data: train a small static teacher, train a dynamic "
@@ -233,108 +189,6 @@ def add_demo(subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo as demo
-
     report = demo(args.out, paradigm=args.paradigm, granularity=args.granularity, target=args.target,
                   seed=args.seed)
     print(f"report: {report.resolve()}")
-
-
-# --------------------------------------------------------------------- main
-def add_bench(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure sparse against dense execution on this machine",
-        description="Sparse against dense wall-clock speed of ResNet-50 blocks (every stage, stride, paradigm, "
-                    "granularity, rate and batch) and of whole ResNet-50/101, interleaved in one process; writes "
-                    "CSV, JSON and markdown tables (median speedup with its interquartile range, efficiency = "
-                    "speedup x activation rate).")
-    p.add_argument("--out", default="laudnet-bench", metavar="DIR", help="where the tables go (default: %(default)s)")
-    p.add_argument("--suite", default="all", choices=["all", "blocks", "networks"])
-    p.add_argument("--quick", action="store_true", help="fewer configurations and repeats (a few minutes)")
-    p.add_argument("--batch", type=_positive_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
-    p.add_argument("--arch", type=_name_list, default=None,
-                   help="networks to measure, e.g. resnet50,mobilenet_v2 (default: all four; --quick: resnet50)")
-    p.add_argument("--rates", type=_rate_list, default=None, help="activation rates, e.g. 0.5,1 (default: 0.25,0.5,0.75,1)")
-    p.set_defaults(run=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> None:
-    import torch
-
-    from .latency.bench import RATES, run_suite
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    rates = args.rates or RATES
-    for name, path in run_suite(Path(args.out), args.suite, args.quick, args.batch, archs=args.arch,
-                                rates=rates).items():
-        print(f"{name}: {path}")
-
-
-SUBCOMMANDS: list[Callable] = [add_demo, add_train, add_eval, add_report, add_bench, add_latency_commands,
-                               add_search]
-"""Functions that each add one subcommand; extend this list to add one."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="laudnet", description="Latency-aware dynamic neural networks.")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(subparsers)
-    return parser
-
-
-class _WarningPrinter(logging.Handler):
-    """Prints the library's warnings as ``laudnet: warning: ...`` on the current stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"laudnet: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-
-
-def _one_line(error: BaseException) -> str:
-    """The message of ``error``; for one re-raised from a data-loading worker (whose message
-    carries the worker's traceback), the original message only."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        text = f"{error.filename}: {error.strerror}"
-    return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help(sys.stderr)
-        return 2
-    logger = logging.getLogger("laudnet")
-    if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
-        logger.addHandler(_WarningPrinter(logging.WARNING))
-    try:
-        return args.run(args) or 0
-    except NonFiniteError as error:
-        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except (LaudnetError, ValueError, FileNotFoundError) as error:
-        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        if error.filename is None:  # not about a path the user gave: a bug or the system's
-            raise
-        print(f"laudnet: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("laudnet: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        sys.stdout = open(os.devnull, "w")
-        return 141
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Local calibration: time the sparse engine's real kernels on this CPU and fit the
+efficiency parameters of the cost model (:mod:`laudnet.latency.cost`) to them.
+
+The micro-benchmarks (:mod:`laudnet.measure.microbenchmarks`) are the kernels the engine
+runs, each described by the plan operator (:class:`laudnet.sparse.plan.Op`) that stands for
+it in execution plans, plus tiny blocks (a few channels on a 4×4 or 6×6 map, shapes no
+network uses) for the fixed Python cost of a block. Whole blocks of real networks are never
+measured here: they are the held-out set of ``laudnet latency validate``.
+
+Each timing is the median of ``repeats`` rounds after a warm-up, a round looping the call
+long enough (≥ 2 ms) for the timer. Calibration (and validation) run with
+:func:`laudnet.measure.timing.stable_allocator`: predictions are for a process whose
+allocator reuses memory. Fits minimise the log-ratio of predicted to measured
+time (robust loss): bandwidths per memory level, then per operator kind a fixed overhead
+and an efficiency, then GEMM and convolution efficiencies with their half-saturation
+dimensions. The fitted profile is written with the measurements, which also train the
+learned predictor (:mod:`laudnet.latency.learned`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..latency.cost import MEMORY_KINDS, plan_cost
+from ..latency.hardware import Cache, Hardware, save_hardware, user_profile_dir
+from ..latency.samples import Sample
+from ..machine import cpu_field, cpu_flags, cpu_name
+from ..outputs import check_file
+from .microbenchmarks import BLOCK_PARADIGMS, FAMILIES, measure
+from .timing import STATISTICS, stable_allocator
+
+
+# --------------------------------------------------------------------------------- the machine
+def fp32_lanes() -> int:
+    """FP32 FMA lanes per core and cycle, from the vector extensions (two FMA units assumed)."""
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        return 32
+    if "avx2" in flags and "fma" in flags:
+        return 16
+    if "avx" in flags:
+        return 8
+    return 4
+
+
+def cache_sizes_kb(threads: int) -> list[tuple[str, float]]:
+    """Data cache levels usable by ``threads`` threads: per-core caches count ``threads`` times."""
+    levels = []
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            if kind == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+            kb = float(size[:-1]) * (1024 if size.endswith("M") else 1) if size[-1] in "KM" else float(size) / 1024
+            shared = (index / "shared_cpu_list").read_text().strip()
+            per_core = shared.isdigit()
+            levels.append((f"L{(index / 'level').read_text().strip()}", kb * (threads if per_core else 1)))
+        except (OSError, ValueError):
+            continue
+    return levels or [("L1", 32.0 * threads), ("L2", 512.0 * threads), ("L3", 8192.0)]
+
+
+def machine_title(threads: int) -> str:
+    return f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''} (this machine)"
+
+
+# --------------------------------------------------------------------------------- fitting
+def _with_model(hw: Hardware, **updates) -> Hardware:
+    model = dict(hw.model)
+    model.update(updates)
+    return replace(hw, model=model)
+
+
+def _least_squares(residuals: Callable[[np.ndarray], np.ndarray], starts: list[list[float]], lower: list[float],
+                   upper: list[float]) -> np.ndarray:
+    """Robust least squares from several starting points; the best solution."""
+    from scipy.optimize import least_squares
+
+    best = None
+    for x0 in starts:
+        x0 = np.clip(np.asarray(x0, float), lower, upper)
+        result = least_squares(residuals, x0, bounds=(lower, upper), loss="soft_l1", f_scale=0.1)
+        if best is None or result.cost < best.cost:
+            best = result
+    return best.x
+
+
+def _log_errors(samples: list[Sample], hw: Hardware) -> np.ndarray:
+    return np.array([math.log(max(plan_cost(s.ops, hw).total_ms, 1e-9) / s.ms) for s in samples])
+
+
+def _fit_bandwidths(hw: Hardware, samples: list[Sample]) -> Hardware:
+    """Bandwidth of each memory level, the effective size of the caches beyond L1 (shared
+    caches are shared with other programs), the bandwidth of fresh pages and the
+    element-wise overhead, from element-wise operators of every size."""
+    levels = sorted(hw.caches, key=lambda c: c.size_kb)
+    n = len(levels)
+
+    def build(x: np.ndarray) -> Hardware:
+        v = np.exp(x)
+        sizes = [levels[0].size_kb] + list(v[n + 1:2 * n])
+        caches = tuple(Cache(c.level, float(size), float(b)) for c, size, b in zip(levels, sizes, v[1:n + 1]))
+        memory = dict(hw.model["memory"])
+        memory["elementwise"] = dict(efficiency=1.0, overhead_us=float(v[0]))
+        return replace(hw, caches=caches, memory_bandwidth_gbs=float(v[2 * n]),
+                       model=dict(hw.model, memory=memory, memory_efficiency=1.0, page_gbs=float(v[2 * n + 1])))
+
+    x0 = np.log([hw.model["memory"]["elementwise"]["overhead_us"]] + [c.bandwidth_gbs for c in levels]
+                + [c.size_kb for c in levels[1:]] + [hw.memory_bandwidth_gbs, hw.model["page_gbs"]])
+    lower = np.log([0.05] + [0.1] * n + [c.size_kb / 8 for c in levels[1:]] + [0.1, 0.1])
+    upper = np.log([1000.0] + [1e4] * n + [c.size_kb * 1.5 for c in levels[1:]] + [1e4, 1e4])
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), [list(x0)], list(lower), list(upper))
+    return build(x)
+
+
+def _fit_memory_kind(hw: Hardware, kind: str, samples: list[Sample]) -> Hardware:
+    """Efficiency, fixed overhead, per-row cost (gathers, epilogues) and padding cost
+    (gathers) of a memory kind."""
+    names = {"gather": ("efficiency", "overhead_us", "row_ns", "padding_us"),
+             "epilogue": ("efficiency", "overhead_us", "row_ns")}.get(kind, ("efficiency", "overhead_us"))
+
+    def build(x: np.ndarray) -> Hardware:
+        memory = dict(hw.model["memory"])
+        memory[kind] = {"row_ns": 0.0, **{n: float(v) for n, v in zip(names, np.exp(x))}}
+        return _with_model(hw, memory=memory)
+
+    count = len(names)
+    starts = [list(np.log([1.0, 5.0, 2.0, 5.0]))[:count], list(np.log([0.5, 20.0, 10.0, 1.0]))[:count]]
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), starts,
+                       list(np.log([0.01, 0.05, 0.01, 0.01]))[:count], list(np.log([10.0, 5000.0, 1e4, 1000.0]))[:count])
+    return build(x)
+
+
+def _fit_matmul(hw: Hardware, kind: str, samples: list[Sample]) -> Hardware:
+    names = ("efficiency", "m_half", "k_half", "n_half", "overhead_us", "packing_gbs", "unaligned", "narrow_input")
+
+    def build(x: np.ndarray) -> Hardware:
+        params = dict(hw.model[kind])
+        params.update({n: float(v) for n, v in zip(names, np.exp(x[:-1]))}, stream_loss=float(x[-1]))
+        return _with_model(hw, **{kind: params})
+
+    starts = [list(np.log([0.8, 8, 16, 16, 5, 3, 0.9, 0.8])) + [0.1],
+              list(np.log([1.0, 30, 30, 30, 20, 1, 0.8, 0.5])) + [0.3],
+              list(np.log([0.6, 2, 4, 4, 2, 10, 1.0, 1.0])) + [0.0]]
+    x = _least_squares(lambda x: _log_errors(samples, build(x)), starts,
+                       list(np.log([0.02, 0.01, 0.01, 0.01, 0.05, 0.1, 0.2, 0.1])) + [0.0],
+                       list(np.log([3.0, 1e5, 1e5, 1e5, 5000.0, 1e4, 1.0, 2.0])) + [0.9])
+    return build(x)
+
+
+def fit(samples: list[Sample], hw: Hardware) -> Hardware:
+    """The profile ``hw`` with its CPU cost-model parameters fitted to ``samples``.
+    Families without samples keep the parameters of ``hw``."""
+    by_family: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_family.setdefault(s.family, []).append(s)
+    if by_family.get("elementwise"):
+        hw = _fit_bandwidths(hw, by_family["elementwise"])
+        hw = replace(hw, launch_us=hw.model["memory"]["elementwise"]["overhead_us"])
+    for kind in MEMORY_KINDS:
+        if kind != "elementwise" and by_family.get(kind):
+            hw = _fit_memory_kind(hw, kind, by_family[kind])
+    if by_family.get("index"):
+        hw = _with_model(hw, index_us=float(statistics.median(s.ms for s in by_family["index"]) * 1e3))
+    for kind in ("gemm", "conv"):
+        if by_family.get(kind):
+            hw = _fit_matmul(hw, kind, by_family[kind])
+    if by_family.get("block"):
+        block_us = dict(hw.model.get("block_us", {}))
+        for paradigm in BLOCK_PARADIGMS:
+            extra = [s.ms - plan_cost(s.ops, hw).total_ms for s in by_family["block"]
+                     if s.meta.get("paradigm") == paradigm]
+            if extra:
+                block_us[paradigm] = max(0.0, float(statistics.median(extra)) * 1e3)
+        hw = _with_model(hw, block_us=block_us)
+    return hw
+
+
+def _block_ms(hw: Hardware, sample: Sample) -> float:
+    paradigm = sample.meta.get("paradigm")
+    return hw.model.get("block_us", {}).get(paradigm, 0.0) * 1e-3 if paradigm else 0.0
+
+
+def fit_report(samples: list[Sample], hw: Hardware) -> dict[str, dict[str, float]]:
+    """Per family: number of samples, RMS and median absolute percentage error and share
+    within ±10 % of the fitted model on its own calibration measurements."""
+    report = {}
+    for family in FAMILIES:
+        chosen = [s for s in samples if s.family == family]
+        if not chosen:
+            continue
+        errors = np.array([(plan_cost(s.ops, hw).total_ms + _block_ms(hw, s)) / s.ms - 1 for s in chosen])
+        report[family] = dict(n=len(chosen), rmspe=float(np.sqrt(np.mean(errors ** 2))),
+                              median_abs_error=float(np.median(np.abs(errors))),
+                              within_10=float(np.mean(np.abs(errors) <= 0.1)))
+    return report
+
+
+def starting_profile(threads: int) -> Hardware:
+    """Datasheet-style starting point for this machine (before fitting)."""
+    clock = float(cpu_field("cpu MHz") or 2500.0) / 1000
+    caches = tuple(Cache(level, kb, bw) for (level, kb), bw in zip(cache_sizes_kb(threads), (200.0, 80.0, 40.0, 30.0)))
+    memory = {kind: dict(efficiency=1.0, overhead_us=3.0, row_ns=0.0) for kind in MEMORY_KINDS}
+    matmul = dict(efficiency=0.8, m_half=8.0, k_half=16.0, n_half=16.0, overhead_us=5.0, packing_gbs=10.0,
+                  stream_loss=0.0, unaligned=1.0, narrow_input=1.0, depthwise_efficiency=0.1)
+    model = dict(threads=threads, overlap=1.0, memory_efficiency=1.0, page_gbs=3.0, gemm=dict(matmul), conv=dict(matmul),
+                 memory=memory, index_us=5.0, block_us={p: 0.0 for p in BLOCK_PARADIGMS})
+    return Hardware("local", machine_title(threads), "cpu", threads, fp32_lanes(), clock, 20.0 * threads, caches,
+                    3.0, model, ("measured by laudnet latency calibrate",), calibrated=True)
+
+
+def calibrate(out: str | Path | None = None, threads: int | None = None, scale: float = 1.0, repeats: int = 7,
+              seed: int = 0, progress: bool = True, statistic: str = "median") -> tuple[Hardware, dict]:
+    """Measure this CPU, fit the profile, write it (default: ``local.json`` in the user
+    profile directory) and return it with the fit report."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    path = check_file(out if out is not None else user_profile_dir() / "local.json", "profile path")
+    allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
+    started = time.perf_counter()
+    samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
+    hw = fit(samples, starting_profile(threads))
+    report = fit_report(samples, hw)
+    data = hw.to_dict()
+    data["name"] = path.stem
+    data["sources"] = [f"measured by `laudnet latency calibrate` on {datetime.date.today().isoformat()} "
+                       f"({len(samples)} micro-benchmarks, {statistic} of {repeats} rounds each, "
+                       f"{time.perf_counter() - started:.0f} s)",
+                       "cache sizes from /sys/devices/system/cpu/cpu0/cache, clock and vector width from /proc/cpuinfo"]
+    data["notes"] = (f"torch {torch.__version__}, {threads} threads, {allocator} (see "
+                     f"laudnet.measure.timing.stable_allocator); FP32 lanes from the vector extensions, "
+                     f"clock as reported; the fitted efficiencies absorb their errors. Fit RMS errors: "
+                     + ", ".join(f"{k} {v['rmspe']:.1%}" for k, v in report.items()))
+    data["samples"] = [s.to_dict() for s in samples]
+    return save_hardware(data, path), report
