@@ -182,6 +182,12 @@ def test_non_finite_settings_are_refused(value, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_resume_refuses_settings_it_would_ignore(teacher, tmp_path, capsys):
+    code, err = run_cli(["train", "--resume", teacher.parent, "--epochs", "3", "--lr", "0.5"], capsys)
+    assert code == 2
+    assert_one_line(err, "--resume continues the run with its stored settings; --epochs, --lr cannot change them")
+
+
 def test_settings_of_the_wrong_kind_are_refused():
     with pytest.raises(TypeError, match="epochs must be an integer, got '3'"):
         TrainConfig(epochs="3")

@@ -83,7 +83,17 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="steps between log rows")
     run.add_argument("--no-tensorboard", action="store_true")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(run=run_train)
+    p.set_defaults(run=run_train, train_defaults=vars(p.parse_args([])))
+
+
+RESUME_OPTIONS = ("resume", "workers", "device")
+"""The options ``--resume`` takes; every other setting is the stored run's."""
+
+
+def _settings_given(args: argparse.Namespace) -> list[str]:
+    """The options given values other than their defaults, besides :data:`RESUME_OPTIONS`."""
+    return [f"--{name.replace('_', '-')}" for name, default in args.train_defaults.items()
+            if name not in RESUME_OPTIONS and getattr(args, name) != default]
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -91,6 +101,9 @@ def run_train(args: argparse.Namespace) -> None:
         raise ValueError("give --out DIR for a new run, or --resume DIR to continue one")
     if args.resume is not None and args.out is not None:
         raise ValueError("--resume DIR continues the run in DIR; do not give --out with it")
+    if args.resume is not None and _settings_given(args):
+        raise ValueError(f"--resume continues the run with its stored settings; {', '.join(_settings_given(args))} "
+                         "cannot change them (start a new run with --out instead)")
     checks.integer("--workers", args.workers, minimum=0)
     context = distributed.setup(args.device)
     try:
