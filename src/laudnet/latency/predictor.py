@@ -25,6 +25,7 @@ from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
 from ..static_pass import static_pass
 from .cost import Cost, plan_cost, total_cost
 from .hardware import Hardware, load_hardware
+from .learned import LearnedPredictor
 
 Rates = Union[None, float, Mapping[str, float], NetworkStats]
 METHODS = ("analytic", "learned")
@@ -354,7 +355,6 @@ def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_siz
         raise ValueError(f"execution {execution!r} is unknown; allowed: {', '.join(EXECUTIONS)}")
     learned = None
     if method == "learned":
-        from .learned import LearnedPredictor
         learned = LearnedPredictor.for_hardware(hw)
     per_block = resolve_rates(rates, [s.name for s in walk.blocks])
     parts = []
