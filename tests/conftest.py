@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from torchvision.ops.misc import FrozenBatchNorm2d
+
 from laudnet.sparse import tuning
 
 
@@ -15,8 +17,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                n = m.weight.numel()
                 m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
                 m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=generator) + 0.5)

@@ -135,20 +135,43 @@ class NetworkStats:
         return "\n".join(lines)
 
 
+def dynamic_networks(model: nn.Module) -> list[DynamicNetwork]:
+    """The outermost dynamic networks in ``model``: ``model`` itself if it is one, else
+    those it holds (the backbone body of a detector)."""
+    inside: set[int] = set()
+    networks = []
+    for m in model.modules():
+        if isinstance(m, DynamicNetwork) and id(m) not in inside:
+            networks.append(m)
+            inside.update(id(sub) for sub in m.modules())
+    return networks
+
+
+def _static_network_macs(network: DynamicNetwork) -> int:
+    """Static MACs of ``network`` at the shape of its last input (cached per shape)."""
+    if network.input_shape is None:
+        raise ValueError("statistics need the network input shape; use a model built by laudnet")
+    cache = _STATIC_MACS.setdefault(network, {})
+    if network.input_shape not in cache:
+        cache[network.input_shape] = static_macs(network, network.input_shape)
+    return cache[network.input_shape]
+
+
 def network_macs(model: nn.Module) -> tuple[Tensor, int, list[tuple[str, BlockRecord]]]:
     """Per-sample MACs of the last forward pass (differentiable in training), static MACs,
-    and the block records. The non-block part (stem, head) counts as static."""
+    and the block records. The non-block part (stem, head) counts as static.
+
+    Counts cover the dynamic networks in ``model`` (:func:`dynamic_networks`), each at
+    the shape of its last input: for a detector, its backbone body on the batch of padded
+    images the transform made; the detector's FPN and heads are not counted."""
     blocks = _blocks_or_raise(model)
     records = [(name, block.last) for name, block in blocks]
     if any(record is None for _, record in records):
         raise RuntimeError("run a forward pass before asking for statistics")
-    input_shape = getattr(model, "input_shape", None)
-    if input_shape is None:
+    networks = dynamic_networks(model)
+    if not networks:
         raise ValueError("statistics need the network input shape; use a model built by laudnet")
-    cache = _STATIC_MACS.setdefault(model, {})
-    if input_shape not in cache:
-        cache[input_shape] = static_macs(model, input_shape)
-    static = cache[input_shape]
+    static = sum(_static_network_macs(network) for network in networks)
     dynamic = static - sum(r.static_macs for _, r in records) + sum(r.macs for _, r in records)
     return dynamic, static, records
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from ..flops import conv_macs, conv_output_size
 from ..sparse.extension import extension
-from ..sparse.packed import PackedConv, direct_convolution, pack_key
+from ..sparse.packed import FOLDED_NORMS, PackedConv, direct_convolution, pack_key
 from ..sparse.plan import INDEX_OPS_PER_SPARSE_UNIT, Op, conv_op, gemm_op, memory_op
 from ..sparse.pixels import compact_index, from_rows, gather_taps, neighbor_table, pixel_rows
 
@@ -108,7 +108,7 @@ class Branch:
         """The shortcut's convolution and norm when it is just those two (it then runs
         packed, the norm folded)."""
         layers = list(self.shortcut_module.children()) if self.shortcut_module is not None else []
-        norms = (nn.BatchNorm2d, nn.Identity)
+        norms = (*FOLDED_NORMS, nn.Identity)
         if len(layers) == 2 and isinstance(layers[0], nn.Conv2d) and isinstance(layers[1], norms):
             return layers[0], layers[1]
         return None

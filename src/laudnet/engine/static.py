@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from ..sparse.packed import PackedConv, pack_key
+from ..sparse.packed import FOLDED_NORMS, PackedConv, pack_key
 
 ACTIVATIONS: dict[type, Callable[..., Tensor]] = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
 """Activation modules the packed operator applies itself."""
@@ -53,7 +53,7 @@ class StaticLayers:
         steps, i = [], 0
         while i < len(leaves):
             layer = leaves[i]
-            if isinstance(layer, nn.Conv2d) and i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.BatchNorm2d):
+            if isinstance(layer, nn.Conv2d) and i + 1 < len(leaves) and isinstance(leaves[i + 1], FOLDED_NORMS):
                 act = ACTIVATIONS.get(type(leaves[i + 2])) if i + 2 < len(leaves) else None
                 steps.append(("packed", layer, leaves[i + 1], act))
                 i += 2 if act is None else 3
@@ -62,7 +62,7 @@ class StaticLayers:
                 i += 1
         return steps
 
-    def _operand(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> PackedConv:
+    def _operand(self, conv: nn.Conv2d, norm: nn.Module) -> PackedConv:
         key = pack_key([(conv, norm)])
         cached = self._packed.get(id(conv))
         if cached is None or cached[0] != key:

@@ -12,6 +12,10 @@ from .regnet import DynamicRegNet, convert_regnet
 from .resnet import DynamicResNet, convert_resnet
 
 
+CLASSIFIERS = (torchvision.models.ResNet, torchvision.models.RegNet, torchvision.models.MobileNetV2)
+"""torchvision classifiers :func:`convert` takes."""
+
+
 def convert(model: nn.Module, **kwargs) -> DynamicNetwork:
     """Dynamic copy of a torchvision model, all its weights unchanged.
 
@@ -28,5 +32,6 @@ def convert(model: nn.Module, **kwargs) -> DynamicNetwork:
     raise ValueError(f"cannot convert {type(model).__name__}; supported: torchvision ResNet, RegNet, MobileNetV2")
 
 
-__all__ = ["DynamicMobileNetV2", "DynamicNetwork", "DynamicRegNet", "DynamicResNet", "convert", "create_model",
+__all__ = ["CLASSIFIERS", "DynamicMobileNetV2", "DynamicNetwork", "DynamicRegNet", "DynamicResNet", "convert",
+           "create_model",
            "list_models", "register_model"]

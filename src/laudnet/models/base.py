@@ -1,13 +1,15 @@
 """What every dynamic network has: its blocks, its stages, the shape of its last input and
 its execution mode (sparse inference runs the whole network channels-last, its static
-layers packed)."""
+layers packed), and its stage outputs as features for dense tasks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import OrderedDict
 from typing import Callable, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from .. import checks
 from ..config import StageConfig
@@ -39,6 +41,45 @@ class DynamicNetwork(nn.Module):
     def sparse_inference(self) -> bool:
         """Whether the network runs on the sparse engine (sparse execution, eval mode)."""
         return self.execution == "sparse" and not self.training
+
+    def forward_stem(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The layers before the first stage, on an input as :meth:`forward` receives it."""
+        raise NotImplementedError
+
+    def named_stages(self) -> list[tuple[str, nn.Module]]:  # pragma: no cover - abstract
+        """``(module name, stage)`` of every stage, in order."""
+        raise NotImplementedError
+
+    def run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        """One stage, as :meth:`forward` runs it."""
+        return stage(x)
+
+    def stage_outputs(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Every stage's output keyed by the stage's module name, on an input as
+        :meth:`forward` receives it (use :meth:`forward_features` from outside)."""
+        x = self.forward_stem(x)
+        stages = self.named_stages()
+        features: OrderedDict[str, Tensor] = OrderedDict()
+        for i, (name, stage) in enumerate(stages):
+            x = self.run_stage(stage, x)
+            # in sparse execution a block that reuses its input writes its output over it
+            overwritten = i + 1 < len(stages) and getattr(stages[i + 1][1][0], "reuse_input", False)
+            features[name] = x.clone() if overwritten and self.sparse_inference else x
+        return features
+
+    def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """The output of every stage, keyed by the stage's module name (ResNet: ``layer1`` …
+        ``layer4``; RegNet: ``block1`` … ``block4``; MobileNetV2: the index in ``features`` of
+        the stage's last layer), as torchvision's
+        ``IntermediateLayerGetter`` returns them: the features of detection and segmentation
+        heads. Computed in the network's execution mode (in sparse inference: float32,
+        channels-last, no autograd graph); :func:`laudnet.stats` covers the pass.
+
+        Unlike timm's ``forward_features`` (the last map), this returns every stage's map.
+        """
+        (x,) = _prepare_input(self, (x,)) or (x,)
+        with inference(x.device.type) if self.sparse_inference else contextlib.nullcontext():
+            return self.stage_outputs(x)
 
     @property
     def paradigm(self) -> str:

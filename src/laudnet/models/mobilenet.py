@@ -119,6 +119,21 @@ class DynamicMobileNetV2(DynamicNetwork):
         """The blocks of each stage (views into ``features``)."""
         return [self.features[start:end] for start, end in self._stage_bounds]
 
+    def named_stages(self) -> list[tuple[str, nn.Sequential]]:
+        """Each stage named by the index in ``features`` of its last layer (the name
+        ``IntermediateLayerGetter`` gives it over ``features``)."""
+        return [(str(end - 1), stage) for (_, end), stage in zip(self._stage_bounds, self.stages())]
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.static_layers.run((self.features[0],), x) if self.sparse_inference else self.features[0](x)
+
+    def run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        if self.sparse_inference:  # as forward: the layers without gates packed
+            for layer in stage:
+                x = layer(x) if isinstance(layer, DynamicInvertedResidual) else self.static_layers.run((layer,), x)
+            return x
+        return stage(x)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.sparse_inference:  # the layers without gates on the engine's packed kernels
             for layer in self.features:

@@ -101,9 +101,14 @@ class DynamicRegNet(DynamicNetwork):
     def stages(self) -> list[nn.Sequential]:
         return list(self.trunk_output)
 
+    def named_stages(self) -> list[tuple[str, nn.Sequential]]:
+        return list(self.trunk_output.named_children())
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.static_layers.run((self.stem,), x) if self.sparse_inference else self.stem(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.static_layers.run((self.stem,), x) if self.sparse_inference else self.stem(x)
-        x = self.trunk_output(x)
+        x = self.trunk_output(self.forward_stem(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import tuning
 
@@ -26,6 +27,11 @@ Activation = Callable[..., Tensor] | None
 
 ONEDNN_ACTIVATIONS: dict[Callable, tuple[str, list[float]]] = {F.relu: ("relu", []), F.relu6: ("hardtanh", [0.0, 6.0])}
 """Activations oneDNN fuses into a convolution, as its post-op name and scalars."""
+
+FOLDED_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+"""Norms folded into the convolution before them: batch norm in inference, and
+torchvision's frozen batch norm (detection backbones), the same affine map of fixed
+statistics."""
 
 PACKED_SHAPES = 4
 """Operand shapes (batch sizes, map sizes) per convolution whose packed weights are kept."""
@@ -88,13 +94,13 @@ class PackedConv:
     def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
-        if isinstance(norm, nn.BatchNorm2d):
+        if isinstance(norm, FOLDED_NORMS):
             scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
             self.bias = (bias - norm.running_mean) * scale + norm.bias.detach()
         elif isinstance(norm, nn.Identity):
             scale, self.bias = None, bias
         else:
-            raise TypeError(f"sparse execution supports BatchNorm2d or Identity norms, not {type(norm).__name__}")
+            raise TypeError(f"sparse execution supports BatchNorm2d, FrozenBatchNorm2d or Identity norms, not {type(norm).__name__}")
         folded = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
         self.weight = folded.contiguous(memory_format=torch.channels_last)
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
