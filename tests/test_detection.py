@@ -185,6 +185,7 @@ def test_detector_masked_equals_sparse_and_stats_cover_the_body():
     assert all(0.0 <= rate <= 1.0 for rate in sparse_stats.mean_rates.values())
     assert sparse_stats.static_flops == laudnet.static_macs(body, body.input_shape)
     assert 0.4 < sparse_stats.flops_ratio < 0.9
+    assert "backbone.body.layer4.1 channel" in sparse_stats.summary()
 
     with torch.no_grad():  # the whole detector runs on the sparse body
         detections = model(images)

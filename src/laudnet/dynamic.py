@@ -126,9 +126,10 @@ class NetworkStats:
 
     def summary(self) -> str:
         """A plain-text table of the blocks and the totals."""
-        lines = [f"{'block':<16}{'paradigm':<15}{'gran':>5}{'rate':>8}{'MMACs':>10}{'static':>10}"]
+        width = max([16] + [len(b.name) + 1 for b in self.blocks])  # names in a detector are long
+        lines = [f"{'block':<{width}}{'paradigm':<15}{'gran':>5}{'rate':>8}{'MMACs':>10}{'static':>10}"]
         for b in self.blocks:
-            lines.append(f"{b.name:<16}{b.paradigm:<15}{b.granularity or '-':>5}{b.mean_rate:>8.3f}"
+            lines.append(f"{b.name:<{width}}{b.paradigm:<15}{b.granularity or '-':>5}{b.mean_rate:>8.3f}"
                          f"{float(b.macs.mean()) / 1e6:>10.2f}{b.static_macs / 1e6:>10.2f}")
         lines.append(f"total: {self.flops / 1e9:.3f} GMACs of {self.static_flops / 1e9:.3f} static "
                      f"({self.flops_ratio:.1%})")

@@ -52,7 +52,8 @@ def convert_detector(detector: nn.Module, **kwargs) -> nn.Module:
     if not isinstance(backbone, BackboneWithFPN):
         raise ValueError(f"cannot convert {type(detector).__name__} with a {type(backbone).__name__} backbone; "
                          "supported: BackboneWithFPN over a ResNet (resnet_fpn_backbone)")
-    kwargs.setdefault("input_size", min(detector.transform.min_size))
+    if kwargs.get("input_size") is None:
+        kwargs["input_size"] = min(detector.transform.min_size)
     body = convert_body(backbone.body, **kwargs)
     # copy everything but the body, which the memo maps to its dynamic replacement
     return copy.deepcopy(detector, memo={id(backbone.body): body})
@@ -83,4 +84,4 @@ def create_detector(name: str, paradigm: ParadigmSpec = "spatial", granularity: 
         kwargs[key] = None
     detector = BUILDERS[name](**kwargs)
     return convert_detector(detector, paradigm=paradigm, granularity=granularity, gate_scale=gate_scale,
-                            input_size=input_size or min(detector.transform.min_size))
+                            input_size=input_size)

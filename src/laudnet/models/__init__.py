@@ -33,5 +33,4 @@ def convert(model: nn.Module, **kwargs) -> DynamicNetwork:
 
 
 __all__ = ["CLASSIFIERS", "DynamicMobileNetV2", "DynamicNetwork", "DynamicRegNet", "DynamicResNet", "convert",
-           "create_model",
-           "list_models", "register_model"]
+           "create_model", "list_models", "register_model"]
