@@ -73,7 +73,8 @@ class DynamicNetwork(nn.Module):
         the stage's last layer), as torchvision's
         ``IntermediateLayerGetter`` returns them: the features of detection and segmentation
         heads. Computed in the network's execution mode (in sparse inference: float32,
-        channels-last, no autograd graph); :func:`laudnet.stats` covers the pass.
+        channels-last, no autograd graph); :func:`laudnet.stats` covers the pass (a
+        classifier's head, not run, still counts as static).
 
         Unlike timm's ``forward_features`` (the last map), this returns every stage's map.
         """
