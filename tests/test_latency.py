@@ -16,7 +16,7 @@ import torchvision
 import laudnet
 from laudnet.dynamic import dynamic_blocks
 from laudnet.cli import main
-from laudnet.latency.cost import Cost, op_cost, plan_cost
+from laudnet.latency.cost import Cost, grouped_slowdown, op_cost, plan_cost
 from laudnet.latency.hardware import list_hardware, load_hardware, save_hardware
 from laudnet.latency.learned import LearnedPredictor
 from laudnet.latency.predictor import predict_walk, walk_network
@@ -366,3 +366,20 @@ def test_cli_bad_input_exits_with_code_2_and_one_line(capsys):
         main(["predict", "--rate", "2"])
     assert exit_.value.code == 2
 
+
+
+@pytest.mark.parametrize("arch, published_ms", [
+    ("resnet50", 53), ("regnet_y_400mf", 19), ("regnet_y_3_2gf", 67), ("resnext50_32x4d", 78),
+])
+def test_v100_static_predictions_match_published_measurements(arch, published_ms):
+    """Rows of pycls' MODEL_ZOO.md (64 images, one V100, PyTorch 1.6, cuDNN 7.6) the GPU cost
+    model was not fitted on (its grouped-convolution term came from the RegNetX rows)."""
+    model = torchvision.models.get_model(arch, weights=None).to("meta").eval()
+    predicted = laudnet.predict_latency(model, "v100", batch_size=64, input_size=224, execution="static").total_ms
+    assert 0.8 <= predicted / published_ms <= 1.2, predicted
+
+
+def test_narrow_groups_slow_grouped_convolutions_on_gpus():
+    model = load_hardware("v100").model
+    assert grouped_slowdown(model, 8) > grouped_slowdown(model, 32) > grouped_slowdown(model, 127) > 1.0
+    assert grouped_slowdown(model, 128) == grouped_slowdown(model, 256) == 1.0

@@ -40,6 +40,10 @@ inference engine that folds batch norms:
 - ``gemm`` / ``conv``: implicit GEMM in output tiles ``T_m × T_n`` spread over the SMs in
   waves (several small tiles share an SM); the cheapest tile shape and split-K factor is
   taken, as a GEMM library's heuristic would. Depthwise convolutions are bandwidth bound.
+  Grouped (not depthwise) convolutions with narrow groups run below that rate: their time is
+  multiplied by ``(W / g)^p`` for a group width ``g`` below ``W`` (``grouped_full_width``,
+  ``grouped_exponent``; W = 128, p = 0.53 fitted on the RegNetX rows of pycls' published
+  V100 inference times and checked on its RegNetY and ResNeXt rows, see the profiles).
 - ``gather``: folded into the next GEMM's operand loads: no kernel of its own; its reads
   (half its bytes) go through L2, and that GEMM reads its gathered operand from L2 instead
   of DRAM (only the unique input rows, ``1/k²`` of the gathered ones, come from DRAM).
@@ -255,6 +259,15 @@ def gpu_gemm_seconds(hw: Hardware, m: float, k: float, n: float, groups: float, 
     return best
 
 
+def grouped_slowdown(model: dict, group_width: float) -> float:
+    """How much slower than the tile model a grouped convolution of ``group_width`` channels
+    per group runs (1 at or above the profile's ``grouped_full_width``)."""
+    full = model.get("grouped_full_width", 0.0)
+    if group_width <= 0 or group_width >= full:
+        return 1.0
+    return (full / group_width) ** model["grouped_exponent"]
+
+
 def _l2_bandwidth(hw: Hardware) -> float:
     levels = [c for c in hw.caches if c.level.upper() == "L2"]
     return (levels[0].bandwidth_gbs if levels else hw.memory_bandwidth_gbs) * 1e9
@@ -269,7 +282,10 @@ def _gpu_cost(op: Op, hw: Hardware, fused: bool, gathered: bool = False) -> Cost
         if is_depthwise(op):
             compute = op.macs * op.count / (hw.peak_gmacs * 1e9 * model["depthwise_efficiency"])
         else:
-            compute = gpu_gemm_seconds(hw, *gemm_dims(op), count=op.count)
+            m, k, n, groups = gemm_dims(op)
+            compute = gpu_gemm_seconds(hw, m, k, n, groups, count=op.count)
+            if groups > 1:
+                compute *= grouped_slowdown(model, n)
         traffic = op.bytes
         if gathered and op.kind == "gemm":  # operand rows read through the folded gather
             rows, k, _, groups = op.shape
