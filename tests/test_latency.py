@@ -22,6 +22,7 @@ from laudnet.latency.learned import LearnedPredictor
 from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import calibrate as cal, microbenchmarks, timing
+from laudnet.measure.drift import Drift, reference_ms, rescale_for_drift
 from laudnet.measure.timing import stable_allocator
 from laudnet.measure.validate import ExactDecisions, accuracy, build_block, sample_configs
 from laudnet.sparse.plan import conv_op, gemm_op, memory_op
@@ -383,3 +384,30 @@ def test_narrow_groups_slow_grouped_convolutions_on_gpus():
     model = load_hardware("v100").model
     assert grouped_slowdown(model, 8) > grouped_slowdown(model, 32) > grouped_slowdown(model, 127) > 1.0
     assert grouped_slowdown(model, 128) == grouped_slowdown(model, 256) == 1.0
+
+
+def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
+    model = torchvision.models.resnet18().to("meta")
+    local = dataclasses.replace(load_hardware("x86_avx2"), name="local", calibrated=True,
+                                model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
+    base = laudnet.predict_latency(model, local, batch_size=1)
+    assert laudnet.predict_latency(model, local.scaled(1.5), batch_size=1).total_ms == pytest.approx(1.5 * base.total_ms)
+    assert rescale_for_drift(load_hardware("v100")) == (load_hardware("v100"), None)  # no machine to drift
+    unchanged, message = rescale_for_drift(local)
+    assert unchanged is local and "has no drift reference" in message
+    other_threads = dataclasses.replace(local, reference_ms=1.0, model={**local.model, "threads": 99})
+    assert "calibrated with 99 threads" in rescale_for_drift(other_threads)[1]
+    drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=reference_ms()))
+    assert message.startswith("this machine runs the drift reference") and "than when profile 'local'" in message
+    assert f"scaled by {drifted.time_scale:.2f}" in message
+    assert laudnet.predict_latency(model, drifted, batch_size=1).total_ms == pytest.approx(
+        drifted.time_scale * base.total_ms)
+    assert Drift("local", 10.0, 15.0).factor == 1.5 and "1.50x slower" in Drift("local", 10.0, 15.0).describe()
+    assert "2.00x faster" in Drift("local", 10.0, 5.0).describe()
+
+
+def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):
+    data = load_hardware("x86_avx2").to_dict()
+    data.update(name="mine", calibrated=True, reference_ms=3.25)
+    assert save_hardware(data, tmp_path / "mine.json").reference_ms == 3.25
+    assert load_hardware(tmp_path / "mine.json").to_dict()["reference_ms"] == 3.25

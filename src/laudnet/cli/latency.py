@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torchvision
@@ -19,6 +20,7 @@ import torchvision
 from ..latency.hardware import list_hardware, load_hardware
 from ..latency.predictor import predict_latency
 from ..measure.calibrate import calibrate
+from ..measure.drift import rescale_for_drift
 from ..measure.validate import validate
 from ..models import create_model, list_models
 from ..outputs import check_directory, claim
@@ -113,7 +115,9 @@ def build_model(arch: str, paradigm: str, granularity: str | None, input_size: i
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    hw = load_hardware(args.hardware)
+    hw, drift = rescale_for_drift(load_hardware(args.hardware))
+    if drift is not None:
+        logging.getLogger("laudnet").warning(drift)
     model = build_model(args.arch, args.paradigm, args.granularity, args.input_size)
     report = predict_latency(model, hw, args.batch_size, args.input_size, args.rate, args.method, args.execution)
     report.model = args.arch if args.paradigm == "none" else f"{args.arch} {args.paradigm}:{args.granularity or 'default'}"

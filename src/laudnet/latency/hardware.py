@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,15 @@ class Hardware:
     path: Path | None = None
     samples: tuple[dict, ...] = ()
     """Calibration measurements (``local`` profiles), which train the learned predictor."""
+    reference_ms: float | None = None
+    """Time of the drift reference workload at calibration (:mod:`laudnet.measure.drift`)."""
+    time_scale: float = 1.0
+    """Factor on every predicted time: how much slower this machine runs than when the
+    profile was calibrated (:meth:`scaled`)."""
+
+    def scaled(self, factor: float) -> "Hardware":
+        """This profile predicting ``factor`` times its times (a machine that drifted)."""
+        return replace(self, time_scale=self.time_scale * factor)
 
     @property
     def peak_gmacs(self) -> float:
@@ -79,6 +88,8 @@ class Hardware:
         data["caches"] = [c.__dict__ for c in self.caches]
         data["sources"] = list(self.sources)
         data.update(calibrated=self.calibrated, tensor_tflops=self.tensor_tflops, notes=self.notes)
+        if self.reference_ms is not None:
+            data["reference_ms"] = self.reference_ms
         return data
 
     def describe(self) -> str:
@@ -120,7 +131,8 @@ def _parse(data: dict[str, Any], origin: str, path: Path | None = None) -> Hardw
                     memory_bandwidth_gbs=float(data["memory_bandwidth_gbs"]), caches=caches,
                     launch_us=float(data["launch_us"]), model=dict(data["model"]), sources=tuple(data["sources"]),
                     calibrated=bool(data.get("calibrated", False)), tensor_tflops=dict(data.get("tensor_tflops", {})),
-                    notes=data.get("notes", ""), path=path, samples=tuple(data.get("samples", ())))
+                    notes=data.get("notes", ""), path=path, samples=tuple(data.get("samples", ())),
+                    reference_ms=data.get("reference_ms"))
 
 
 def _profile_files() -> dict[str, Path]:

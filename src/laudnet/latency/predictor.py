@@ -328,10 +328,11 @@ def block_overhead_ms(hw: Hardware, block: DynamicBlock, execution: str) -> floa
 
 
 def price_ops(ops: list[Op], hw: Hardware, fused: list[bool] | None = None, learned=None) -> Cost:
-    """Summed cost of operators with the analytic model or, if given, the learned one."""
+    """Summed cost of operators with the analytic model or, if given, the learned one (times
+    the profile's drift factor, :attr:`Hardware.time_scale`)."""
     if learned is not None:
-        return total_cost(learned.op_cost(op) for op in ops)
-    return plan_cost(ops, hw, fused)
+        return total_cost(learned.op_cost(op) for op in ops) * hw.time_scale
+    return plan_cost(ops, hw, fused) * hw.time_scale
 
 
 def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hardware, batch_size: int,
@@ -340,7 +341,8 @@ def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hard
     gate at activation ``rate`` (its execution plan priced operator by operator, plus the
     block's fixed host-side cost), and the plan."""
     ops = block.plan(input_shape, batch_size, rate, "static" if execution == "static" else "sparse")
-    return price_ops(ops, hw, learned=learned) + Cost(overhead_ms=block_overhead_ms(hw, block, execution)), ops
+    overhead = Cost(overhead_ms=block_overhead_ms(hw, block, execution) * hw.time_scale)
+    return price_ops(ops, hw, learned=learned) + overhead, ops
 
 
 def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128, rates: Rates = None,

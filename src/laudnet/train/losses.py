@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -12,6 +13,9 @@ from .. import checks
 from ..dynamic import dynamic_blocks, network_macs
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.table import latency_table
+from ..measure.drift import rescale_for_drift
+
+logger = logging.getLogger("laudnet")
 
 
 def rate_bounds(target: float, progress: float) -> tuple[float, float]:
@@ -66,7 +70,9 @@ def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: s
         raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
     checks.number("latency budget in milliseconds", budget_ms, 0.0, low_open=True)
     checks.positive_int("latency budget batch size", batch_size)
-    hw = load_hardware(hardware)
+    hw, drift = rescale_for_drift(load_hardware(hardware))
+    if drift is not None:
+        logger.warning(drift)
     return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
 
 
