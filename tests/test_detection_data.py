@@ -1,10 +1,16 @@
 """Detection data and metrics: the procedural shapes set, COCO files (reading, writing, their
 errors) and COCO mAP of a detector."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from laudnet.data import ShapesDetection
+from laudnet.data import CocoDetection, ShapesDetection, write_coco
+from laudnet.data import coco
+from laudnet.errors import DataError, DependencyError
 
 SMALL = {"size": (48, 80)}
 """Tiny canvases: fast, and their sizes still vary."""
@@ -72,3 +78,111 @@ def test_shapes_arguments_are_checked(kwargs, message):
 def test_shapes_index_out_of_range():
     with pytest.raises(IndexError, match="index 3 out of range"):
         ShapesDetection(3, **SMALL)[3]
+
+
+# ----------------------------------------------------------------- COCO files
+def test_coco_round_trip_of_the_shapes_ground_truth(tmp_path):
+    shapes = ShapesDetection(3, **SMALL)
+    written = write_coco(shapes, tmp_path / "annotations.json", tmp_path / "images")
+    assert written == json.loads((tmp_path / "annotations.json").read_text())
+    assert [c["name"] for c in written["categories"]] == list(shapes.classes)
+    loaded = CocoDetection(tmp_path / "images", tmp_path / "annotations.json")
+    assert len(loaded) == 3 and loaded.classes == shapes.classes
+    for i in range(3):
+        (image, target), (read_image, read_target) = shapes[i], loaded[i]
+        assert read_image.shape == image.shape and (read_image - image).abs().max() <= 0.5 / 255 + 1e-6
+        for key in ("boxes", "labels", "masks", "area", "iscrowd"):
+            assert torch.equal(read_target[key], target[key]), key
+        assert read_target["image_id"] == target["image_id"]
+
+
+def _polygon_file(tmp_path):
+    """A 40x30 image and annotations with non-contiguous category ids, a polygon, an
+    uncompressed RLE (a crowd), an empty box and an image without objects."""
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30), (128, 128, 128)).save(tmp_path / "images" / name)
+    crowd = np.zeros((30, 40), np.uint8)
+    crowd[5:15, 20:30] = 1
+    counts, pixels = [], crowd.flatten(order="F")  # column-major runs, starting with zeros
+    value, run = 0, 0
+    for pixel in pixels:
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    counts.append(run)
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "height": 30, "width": 40},
+                   {"id": 9, "file_name": "b.png", "height": 30, "width": 40}],
+        "categories": [{"id": 17, "name": "dog"}, {"id": 3, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 17, "bbox": [2, 4, 10, 8], "area": 80.0, "iscrowd": 0,
+             "segmentation": [[2, 4, 12, 4, 12, 12, 2, 12]]},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [20, 5, 10, 10], "area": 100.0, "iscrowd": 1,
+             "segmentation": {"size": [30, 40], "counts": counts}},
+            {"id": 3, "image_id": 7, "category_id": 3, "bbox": [5, 5, 0, 4], "area": 0.0, "iscrowd": 0,
+             "segmentation": []},
+        ],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(data))
+    return tmp_path / "images", tmp_path / "annotations.json", crowd
+
+
+def test_coco_loader_maps_categories_boxes_and_segmentations(tmp_path):
+    images, annotations, crowd = _polygon_file(tmp_path)
+    dataset = CocoDetection(images, annotations)
+    assert dataset.classes == ("cat", "dog")
+    assert dataset.label_to_category == {1: 3, 2: 17} and dataset.category_to_label == {3: 1, 17: 2}
+    image, target = dataset[0]
+    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert target["image_id"] == 7
+    assert target["boxes"].tolist() == [[2, 4, 12, 12], [20, 5, 30, 15]]  # the empty box is dropped
+    assert target["labels"].tolist() == [2, 1]
+    assert target["iscrowd"].tolist() == [0, 1] and target["area"].tolist() == [80, 100]
+    assert target["masks"].shape == (2, 30, 40) and target["masks"].dtype == torch.uint8
+    assert target["masks"][0, 4:12, 2:12].all() and target["masks"][0].sum() <= 11 * 9
+    assert torch.equal(target["masks"][1], torch.from_numpy(crowd))
+    _, empty = dataset[1]
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 30, 40) and len(empty["labels"]) == 0
+    # written back, the file keeps its category ids
+    written = write_coco(dataset, tmp_path / "again.json")
+    assert sorted((c["id"], c["name"]) for c in written["categories"]) == [(3, "cat"), (17, "dog")]
+    assert [a["category_id"] for a in written["annotations"]] == [17, 3]
+    assert written["annotations"][1]["bbox"] == [20, 5, 10, 10]
+
+
+def test_coco_loader_boxes_only_without_masks(tmp_path, monkeypatch):
+    images, annotations, _ = _polygon_file(tmp_path)
+    monkeypatch.setattr(coco, "coco_mask", None)
+    with pytest.raises(DependencyError, match="pip install"):
+        CocoDetection(images, annotations)
+    _, target = CocoDetection(images, annotations, masks=False)[0]
+    assert "masks" not in target and target["labels"].tolist() == [2, 1]
+
+
+def test_coco_loader_errors(tmp_path):
+    images, annotations, _ = _polygon_file(tmp_path)
+    with pytest.raises(DataError, match="annotations file .*missing.json not found"):
+        CocoDetection(images, tmp_path / "missing.json")
+    with pytest.raises(DataError, match="images folder .*nowhere does not exist"):
+        CocoDetection(tmp_path / "nowhere", annotations)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json is not JSON"):
+        CocoDetection(images, tmp_path / "bad.json")
+    (tmp_path / "keys.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match="lacks the list.s. annotations, categories"):
+        CocoDetection(images, tmp_path / "keys.json")
+    data = json.loads(annotations.read_text())
+    data["images"].append({"id": 11, "file_name": "gone.png", "height": 30, "width": 40})
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="1 image.s. listed .* missing .*gone.png"):
+        CocoDetection(images, annotations)
+    (images / "gone.png").write_bytes(b"not an image")
+    dataset = CocoDetection(images, annotations)
+    with pytest.raises(DataError, match="cannot decode image .*gone.png"):
+        dataset[2]
+    data["annotations"].append({"id": 4, "image_id": 7, "category_id": 5, "bbox": [0, 0, 1, 1], "segmentation": []})
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="annotation 4 has category 5"):
+        CocoDetection(images, annotations)
