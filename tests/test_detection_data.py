@@ -6,10 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
-from laudnet.data import CocoDetection, ShapesDetection, write_coco
+import laudnet
+from laudnet.data import CocoDetection, ShapesDetection, collate_detection, write_coco
 from laudnet.data import coco
+from laudnet.detection import METRICS, evaluate_detector
 from laudnet.errors import DataError, DependencyError
 
 SMALL = {"size": (48, 80)}
@@ -186,3 +189,83 @@ def test_coco_loader_errors(tmp_path):
     annotations.write_text(json.dumps(data))
     with pytest.raises(DataError, match="annotation 4 has category 5"):
         CocoDetection(images, annotations)
+
+
+# ----------------------------------------------------------------- COCO mAP
+class Replay(nn.Module):
+    """A stand-in detector that returns given detections, one per image, in order."""
+
+    def __init__(self, detections):
+        super().__init__()
+        self.detections, self.seen = detections, 0
+
+    def forward(self, images):
+        out = self.detections[self.seen:self.seen + len(images)]
+        self.seen += len(images)
+        return out
+
+
+def _ground_truth_as_detections(dataset, shift=0.0, keep=None):
+    detections = []
+    for _, target in dataset:
+        n = len(target["labels"]) if keep is None else min(keep, len(target["labels"]))
+        detections.append({"boxes": target["boxes"][:n] + shift, "labels": target["labels"][:n],
+                           "scores": torch.ones(n), "masks": target["masks"][:n, None].float()})
+    return detections
+
+
+def test_collate_detection_keeps_lists():
+    dataset = ShapesDetection(3, **SMALL)
+    images, targets = collate_detection([dataset[0], dataset[1]])
+    assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 2
+    assert targets[1]["image_id"] == 1
+
+
+def test_perfect_detections_score_ap_one():
+    dataset = ShapesDetection(5, size=(128, 200))
+    metrics = evaluate_detector(Replay(_ground_truth_as_detections(dataset)).eval(), dataset, batch_size=2)
+    assert set(metrics) == {"bbox", "segm"}
+    for kind in ("bbox", "segm"):
+        assert tuple(metrics[kind]) == METRICS
+        for name in ("AP", "AP50", "AP75"):
+            assert metrics[kind][name] == pytest.approx(1.0), (kind, name)
+        assert all(value == pytest.approx(1.0) or np.isnan(value) for value in metrics[kind].values())
+
+
+def test_shifted_or_missing_detections_score_lower():
+    dataset = ShapesDetection(5, size=(128, 200), objects=(2, 6))
+    shifted = evaluate_detector(Replay(_ground_truth_as_detections(dataset, shift=4.0)).eval(), dataset)
+    assert shifted["bbox"]["AP"] < 1.0 and shifted["bbox"]["AP75"] < shifted["bbox"]["AP50"] <= 1.0
+    assert shifted["segm"]["AP"] == pytest.approx(1.0)  # the masks were not shifted
+    missing = evaluate_detector(Replay(_ground_truth_as_detections(dataset, keep=1)).eval(), dataset)
+    assert 0.0 < missing["bbox"]["AP"] < 1.0
+
+
+def test_evaluate_detector_needs_eval_mode():
+    dataset = ShapesDetection(2, **SMALL)
+    with pytest.raises(ValueError, match="eval mode"):
+        evaluate_detector(Replay(_ground_truth_as_detections(dataset)).train(), dataset)
+
+
+def test_evaluate_a_dynamic_mask_rcnn():
+    """The whole path on a converted detector with random weights: tiny images, metric keys."""
+    torch.manual_seed(0)
+    dataset = ShapesDetection(2, size=(64, 96))
+    model = laudnet.detection.create_detector("maskrcnn_resnet50_fpn", paradigm="spatial",
+                                              num_classes=len(dataset.classes) + 1,
+                                              min_size=128, max_size=160).eval()
+    metrics = evaluate_detector(model, dataset, batch_size=2)
+    assert set(metrics) == {"bbox", "segm"}
+    for kind in ("bbox", "segm"):
+        assert tuple(metrics[kind]) == METRICS
+        assert all(np.isnan(v) or 0.0 <= v <= 1.0 for v in metrics[kind].values())
+
+
+def test_no_detections_score_zero_and_no_ground_truth_is_nan():
+    dataset = ShapesDetection(2, **SMALL)
+    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}] * 2
+    metrics = evaluate_detector(Replay(nothing).eval(), dataset)
+    assert set(metrics) == {"bbox"} and metrics["bbox"]["AP"] == 0.0  # no masks returned: no segm
+    empty = [(torch.rand(3, 40, 40), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})]
+    guesses = [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1]), "scores": torch.ones(1)}]
+    assert all(np.isnan(v) for v in evaluate_detector(Replay(guesses).eval(), empty)["bbox"].values())
