@@ -269,3 +269,17 @@ def test_no_detections_score_zero_and_no_ground_truth_is_nan():
     empty = [(torch.rand(3, 40, 40), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})]
     guesses = [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1]), "scores": torch.ones(1)}]
     assert all(np.isnan(v) for v in evaluate_detector(Replay(guesses).eval(), empty)["bbox"].values())
+
+
+def test_coco_loader_names_a_wrong_image_size_and_a_missing_segmentation(tmp_path):
+    images, annotations, _ = _polygon_file(tmp_path)
+    data = json.loads(annotations.read_text())
+    data["images"][0]["width"] = 41
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="a.png is 40x30 but .* says 41x30"):
+        CocoDetection(images, annotations)[0]
+    del data["annotations"][0]["segmentation"]
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="lacks segmentation"):
+        CocoDetection(images, annotations)
+    assert CocoDetection(images, annotations, masks=False)[1][1]["boxes"].shape == (0, 4)

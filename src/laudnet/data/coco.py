@@ -109,7 +109,7 @@ class CocoDetection(Dataset):
         _check_entries(data["images"], ("id", "file_name"), "images", path)
         _check_entries(data["categories"], ("id", "name"), "categories", path)
         _check_entries(data["annotations"], ("image_id", "category_id", "bbox") + (("segmentation",) if masks else ()),
-                       "annotations", path)
+                       "annotations (masks=False reads boxes alone)" if masks else "annotations", path)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.classes: tuple[str, ...] = tuple(c["name"] for c in categories)
         self.label_to_category: dict[int, int] = {label: c["id"] for label, c in enumerate(categories, 1)}
@@ -139,7 +139,7 @@ class CocoDetection(Dataset):
         height, width = image.shape[-2:]
         if (entry.get("height", height), entry.get("width", width)) != (height, width):
             raise DataError(f"image {path} is {width}x{height} but {self.annotations_path} says "
-                            f"{entry['width']}x{entry['height']}")
+                            f"{entry.get('width', width)}x{entry.get('height', height)}")
         annotations = self._annotations[entry["id"]]
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
