@@ -28,6 +28,10 @@ class DataError(LaudnetError, ValueError):
     """A dataset's files cannot be read: missing, truncated, undecodable."""
 
 
+class DependencyError(LaudnetError, ImportError):
+    """An optional package that a feature needs is not installed; the message says what to install."""
+
+
 class DeviceError(LaudnetError, ValueError):
     """A device that is unknown or not present on this machine."""
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 
-def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of a shape on coordinates ``u`` (across) and ``v`` (down) in [-1, 1]."""
     a, b, r = np.abs(u), np.abs(v), np.hypot(u, v)
     if kind == "disc":
@@ -74,7 +74,7 @@ class ClutteredObjects(Dataset):
         top, left = (int(t) for t in rng.integers(0, n - side + 1, 2))
         coords = (np.arange(side) + 0.5) / side * 2 - 1
         v, u = np.meshgrid(coords, coords, indexing="ij")
-        mask = _shape_mask(self.CLASSES[label], u, v)
+        mask = shape_mask(self.CLASSES[label], u, v)
         image[top:top + side, left:left + side] += mask * rng.uniform(0.7, 1.2)
         return image.astype(np.float32), label, (top, left, top + side, left + side)
 

@@ -1,4 +1,5 @@
-"""Data loaders for training (shuffled, sharded per rank) and evaluation (in order)."""
+"""Data loaders for training (shuffled, sharded per rank) and evaluation (in order), and the
+collation of detection batches."""
 
 from __future__ import annotations
 
@@ -26,3 +27,11 @@ def eval_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size:
     if world_size > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def collate_detection(batch: list[tuple]) -> tuple[list, list]:
+    """A detection batch as ``(images, targets)`` lists: images of different sizes and
+    targets with different numbers of objects do not stack, and torchvision's detectors take
+    lists."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
