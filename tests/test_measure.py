@@ -1,6 +1,8 @@
 import pytest
 
+import laudnet
 from laudnet.measure import interleaved, ratio
+from laudnet.measure.validate_networks import build_networks, sample_networks, validate_networks
 
 
 def test_interleaved_runs_every_candidate_each_round_and_reports_ratios():
@@ -12,3 +14,19 @@ def test_interleaved_runs_every_candidate_each_round_and_reports_ratios():
     assert len(r.values) == 5 and r.spread[0] <= r.median <= r.spread[1]
     with pytest.raises(ValueError, match="repeats"):
         interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_whole_network_validation_samples_valid_networks_and_reports_speedups(tmp_path):
+    configs = sample_networks(8, seed=2)
+    assert configs == sample_networks(8, seed=2) and len(set(configs)) == 8
+    for config in configs[:3]:
+        static, dynamic = build_networks(config, meta=True)
+        assert len(laudnet.dynamic.dynamic_blocks(dynamic)) > 0
+    result = validate_networks(1, seed=3, hardware="x86_avx2", repeats=2, archs=("resnet18",), input_sizes=(64,),
+                               progress=False)
+    row = result.rows[0]
+    assert row["measured_sparse_ms"] > 0 and row["predicted_static_ms"] > 0
+    assert row["predicted_speedup"] == pytest.approx(row["predicted_static_ms"] / row["predicted_sparse_ms"])
+    assert set(result.metrics) == {"sparse latency", "static latency", "speedup"}
+    paths = result.write(tmp_path)
+    assert "| resnet18 64px" in paths["md"].read_text()

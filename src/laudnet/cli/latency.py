@@ -22,6 +22,7 @@ from ..latency.predictor import predict_latency
 from ..measure.calibrate import calibrate
 from ..measure.drift import rescale_for_drift
 from ..measure.validate import validate
+from ..measure.validate_networks import validate_networks
 from ..models import create_model, list_models
 from ..outputs import check_directory, claim
 from .arguments import positive_int, rate
@@ -79,6 +80,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     validate_parser.add_argument("--paradigms", default=None,
                                  help="comma-separated paradigms to validate (default: all), "
                                       "e.g. spatial,layer+spatial")
+    validate_parser.add_argument("--networks", action="store_true",
+                                 help="validate on N whole networks (random architecture, input size, batch, "
+                                      "paradigm, granularity, rate), sparse and static measured interleaved, "
+                                      "instead of blocks")
     validate_parser.add_argument("--out", type=Path, default=Path("latency-validation"))
     validate_parser.set_defaults(run=validate_command)
 
@@ -145,9 +150,12 @@ def validate_command(args: argparse.Namespace) -> int:
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
     with claim(args.out):
-        result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads, args.statistic,
-                          paradigms=paradigms)
+        if args.networks:
+            result = validate_networks(args.n, args.seed, args.hardware, args.repeats, threads=threads)
+        else:
+            result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads,
+                              args.statistic, paradigms=paradigms)
         paths = result.write(args.out)
-    print(result.markdown().split("\n| configuration")[0].rstrip())
+    print(result.markdown().split("\n| configuration")[0].split("\n| network")[0].rstrip())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,0 +1,192 @@
+"""Validation of the predictor on whole networks against the sparse engine on this CPU.
+
+Blocks priced one by one can each be right while a network is not (the stem, the head and
+the fixed cost of every block add up; caches are shared), so the predictor is checked
+where it is used: ``validate_networks`` draws N networks (architecture, input size, batch,
+paradigm, granularity, activation rate) with a seeded generator, converts torchvision's
+network to the dynamic one (the same weights), and measures the sparse network and the
+static torchvision network (channels-last, eager) interleaved in one process. It reports
+the accuracy of the predicted sparse and static latencies and of the predicted speedup
+(static / sparse), which does not depend on how fast the machine happens to run. A
+calibrated profile is first rescaled to the machine's speed now (:mod:`.drift`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+from .. import checks
+from ..dynamic import set_decisions, set_execution
+from ..latency.hardware import Hardware, load_hardware
+from ..latency.predictor import predict_latency
+from ..models import convert, create_model
+from .bench import machine_description
+from .drift import rescale_for_drift
+from .timing import interleaved, ratio, stable_allocator
+from .validate import accuracy
+
+NETWORK_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "regnet_y_400mf", "regnet_y_800mf", "mobilenet_v2")
+NETWORK_PARADIGMS = ("spatial", "channel", "layer", "layer+spatial", "layer+channel")
+INPUT_SIZES = (128, 160, 192, 224)
+NETWORK_BATCHES = (1, 2, 4)
+NETWORK_RATES = (0.25, 0.5, 0.75)
+SPATIAL_GRANULARITIES = (None, 1, 2, 4)
+CHANNEL_GRANULARITIES = (None, 1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """One held-out network: torchvision architecture, input side, batch, one paradigm for
+    every stage, granularity (``None``: the family's default) and block activation rate."""
+
+    arch: str
+    input_size: int
+    batch: int
+    paradigm: str
+    granularity: int | None
+    rate: float
+
+    @property
+    def label(self) -> str:
+        gran = "" if self.granularity is None else f":{self.granularity}"
+        return f"{self.arch} {self.input_size}px b={self.batch} {self.paradigm}{gran} r={self.rate:.2f}"
+
+
+def _builds(config: NetworkConfig) -> bool:
+    try:
+        build_networks(config, meta=True)
+    except ValueError:
+        return False
+    return True
+
+
+def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCHS,
+                    input_sizes: tuple[int, ...] = INPUT_SIZES) -> list[NetworkConfig]:
+    """``n`` valid configurations drawn with a seeded generator (the same arguments always
+    give the same list); a granularity the network does not allow is drawn again."""
+    if n < 1:
+        raise ValueError(f"the number of networks must be positive, got {n}")
+    rng = np.random.default_rng(seed)
+    configs: list[NetworkConfig] = []
+    while len(configs) < n:
+        paradigm = NETWORK_PARADIGMS[int(rng.integers(len(NETWORK_PARADIGMS)))]
+        choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
+                   CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
+        config = NetworkConfig(archs[int(rng.integers(len(archs)))], int(rng.choice(input_sizes)),
+                               int(rng.choice(NETWORK_BATCHES)), paradigm, choices[int(rng.integers(len(choices)))],
+                               float(rng.choice(NETWORK_RATES)))
+        if _builds(config):
+            configs.append(config)
+    return configs
+
+
+def build_networks(config: NetworkConfig, meta: bool = False, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The static torchvision network (eval, channels-last) and the dynamic one with fixed
+    random decisions of the configuration's rate, in sparse execution: converted from the
+    static one (same weights), or with ``meta`` built on the meta device (shapes only, for
+    the predictor; nothing allocated)."""
+    torch.manual_seed(seed)
+    static = torchvision.models.get_model(config.arch, weights=None).eval()
+    kwargs = dict(paradigm=config.paradigm, granularity=config.granularity, input_size=config.input_size)
+    if meta:
+        static, dynamic = static.to("meta"), create_model(config.arch, **kwargs).to("meta").eval()
+    else:
+        dynamic = convert(static, **kwargs).eval()
+    set_execution(dynamic, "sparse")
+    set_decisions(dynamic, rate=config.rate, seed=seed)
+    return static.to(memory_format=torch.channels_last), dynamic
+
+
+@torch.no_grad()
+def measure_network(config: NetworkConfig, repeats: int = 7) -> dict[str, float]:
+    """Median milliseconds of the sparse and the static network, interleaved, and the median
+    per-round speedup (static / sparse) with its interquartile range."""
+    static, dynamic = build_networks(config)
+    x = torch.randn(config.batch, 3, config.input_size, config.input_size)
+    x = x.contiguous(memory_format=torch.channels_last)
+    timings = interleaved({"sparse": lambda: dynamic(x), "static": lambda: static(x)}, repeats=repeats, warmup=2)
+    speedup = ratio(timings, "static", "sparse")
+    return dict(sparse_ms=timings["sparse"].median_ms, static_ms=timings["static"].median_ms,
+                speedup=speedup.median, speedup_iqr=list(speedup.spread))
+
+
+def predict_network(config: NetworkConfig, hw: Hardware) -> dict[str, float]:
+    """Predicted milliseconds of the sparse and the static network, and their ratio."""
+    static, dynamic = build_networks(config, meta=True)
+    sparse = predict_latency(dynamic, hw, config.batch, config.input_size, rates=config.rate).total_ms
+    dense = predict_latency(static, hw, config.batch, config.input_size).total_ms
+    return dict(sparse_ms=sparse, static_ms=dense, speedup=dense / sparse)
+
+
+@dataclass
+class NetworkValidation:
+    hardware: str
+    machine: str
+    threads: int
+    seed: int
+    drift: str | None
+    rows: list[dict]
+    metrics: dict[str, dict[str, float]]
+
+    def markdown(self) -> str:
+        lines = [f"# Latency predictor on whole networks, `{self.hardware}`", "",
+                 f"Machine: {self.machine}; {self.threads} threads; {len(self.rows)} held-out networks "
+                 f"(seed {self.seed}); sparse and static (torchvision, channels-last, eager) measured interleaved.",
+                 "" if self.drift is None else f"\nDrift check: {self.drift}.\n", "",
+                 "| quantity | n | RMSPE | MAPE | within ±5 % | within ±10 % | Spearman |",
+                 "|---|---|---|---|---|---|---|"]
+        for name, m in self.metrics.items():
+            lines.append(f"| {name} | {m['n']} | {m['rmspe']:.1%} | {m['mape']:.1%} | {m['within_5']:.0%} | "
+                         f"{m['within_10']:.0%} | {m['spearman']:.3f} |")
+        lines += ["", "| network | measured sparse ms | predicted | measured static ms | predicted | "
+                      "measured speedup (IQR) | predicted |", "|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            low, high = r["measured_speedup_iqr"]
+            lines.append(f"| {r['label']} | {r['measured_sparse_ms']:.2f} | {r['predicted_sparse_ms']:.2f} | "
+                         f"{r['measured_static_ms']:.2f} | {r['predicted_static_ms']:.2f} | "
+                         f"{r['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | {r['predicted_speedup']:.2f}x |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        paths = {"json": out_dir / "networks.json", "md": out_dir / "networks.md"}
+        paths["json"].write_text(json.dumps(asdict(self), indent=1) + "\n")
+        paths["md"].write_text(self.markdown())
+        return paths
+
+
+def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7,
+                      threads: int | None = None, progress: bool = True, archs: tuple[str, ...] = NETWORK_ARCHS,
+                      input_sizes: tuple[int, ...] = INPUT_SIZES) -> NetworkValidation:
+    """Measure ``n`` held-out networks with ``threads`` (default: PyTorch's) and compare them
+    with the predictions on ``hardware`` (a CPU profile, rescaled for drift when calibrated)."""
+    configs = sample_networks(n, seed, archs, input_sizes)
+    if threads is not None:
+        torch.set_num_threads(checks.positive_int("threads", threads))
+    hw = load_hardware(hardware)
+    if hw.kind != "cpu":
+        raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
+    hw, drift = rescale_for_drift(hw)
+    stable_allocator()
+    rows = []
+    for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
+        measured, predicted = measure_network(config, repeats), predict_network(config, hw)
+        rows.append(dict(asdict(config), label=config.label,
+                         **{f"measured_{k}": v for k, v in measured.items()},
+                         **{f"predicted_{k}": v for k, v in predicted.items()}))
+    metrics = {name: accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
+               for name, key in (("sparse latency", "sparse_ms"), ("static latency", "static_ms"),
+                                 ("speedup", "speedup"))}
+    return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
+
+
+__all__ = ["NetworkConfig", "NetworkValidation", "build_networks", "measure_network", "predict_network",
+           "sample_networks", "validate_networks"]
