@@ -397,13 +397,14 @@ def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
     assert unchanged is local and "has no drift reference" in message
     other_threads = dataclasses.replace(local, reference_ms=1.0, model={**local.model, "threads": 99})
     assert "calibrated with 99 threads" in rescale_for_drift(other_threads)[1]
-    drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=reference_ms()))
-    assert message.startswith("this machine runs the drift reference") and "than when profile 'local'" in message
-    assert f"scaled by {drifted.time_scale:.2f}" in message
+    drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=reference_ms() / 3))
+    assert message.startswith("this machine runs the drift reference") and "slower than when profile 'local'" in message
+    assert drifted.time_scale > 2 and f"scaled by {drifted.time_scale:.2f}" in message
     assert laudnet.predict_latency(model, drifted, batch_size=1).total_ms == pytest.approx(
         drifted.time_scale * base.total_ms)
     assert Drift("local", 10.0, 15.0).factor == 1.5 and "1.50x slower" in Drift("local", 10.0, 15.0).describe()
     assert "2.00x faster" in Drift("local", 10.0, 5.0).describe()
+    assert not Drift("local", 10.0, 10.5).significant and "not rescaled" in Drift("local", 10.0, 10.5).describe()
 
 
 def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):

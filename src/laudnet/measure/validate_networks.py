@@ -174,8 +174,8 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     hw = load_hardware(hardware)
     if hw.kind != "cpu":
         raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
+    stable_allocator()  # as calibration ran
     hw, drift = rescale_for_drift(hw)
-    stable_allocator()
     rows = []
     for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
         measured, predicted = measure_network(config, repeats), predict_network(config, hw)
