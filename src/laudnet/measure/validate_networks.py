@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import checks
-from ..dynamic import set_decisions, set_execution
+from ..dynamic import set_decisions, set_execution, stats
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.predictor import predict_latency
 from ..models import convert, create_model
@@ -106,22 +106,26 @@ def build_networks(config: NetworkConfig, meta: bool = False, seed: int = 0) -> 
 
 
 @torch.no_grad()
-def measure_network(config: NetworkConfig, repeats: int = 7) -> dict[str, float]:
-    """Median milliseconds of the sparse and the static network, interleaved, and the median
-    per-round speedup (static / sparse) with its interquartile range."""
+def measure_network(config: NetworkConfig, repeats: int = 7) -> dict:
+    """Median milliseconds of the sparse and the static network, interleaved, the median
+    per-round speedup (static / sparse) with its interquartile range, and the activation
+    rate each block realized (at small batches a layer gate's realized rate differs much
+    from the nominal one: the predictions are made at the realized rates)."""
     static, dynamic = build_networks(config)
     x = torch.randn(config.batch, 3, config.input_size, config.input_size)
     x = x.contiguous(memory_format=torch.channels_last)
     timings = interleaved({"sparse": lambda: dynamic(x), "static": lambda: static(x)}, repeats=repeats, warmup=2)
     speedup = ratio(timings, "static", "sparse")
     return dict(sparse_ms=timings["sparse"].median_ms, static_ms=timings["static"].median_ms,
-                speedup=speedup.median, speedup_iqr=list(speedup.spread))
+                speedup=speedup.median, speedup_iqr=list(speedup.spread), rates=stats(dynamic).mean_rates)
 
 
-def predict_network(config: NetworkConfig, hw: Hardware) -> dict[str, float]:
-    """Predicted milliseconds of the sparse and the static network, and their ratio."""
+def predict_network(config: NetworkConfig, hw: Hardware, rates: dict[str, float] | None = None) -> dict[str, float]:
+    """Predicted milliseconds of the sparse network (at the blocks' ``rates``, default the
+    configuration's rate everywhere) and of the static one, and their ratio."""
     static, dynamic = build_networks(config, meta=True)
-    sparse = predict_latency(dynamic, hw, config.batch, config.input_size, rates=config.rate).total_ms
+    sparse = predict_latency(dynamic, hw, config.batch, config.input_size,
+                             rates=config.rate if rates is None else rates).total_ms
     dense = predict_latency(static, hw, config.batch, config.input_size).total_ms
     return dict(sparse_ms=sparse, static_ms=dense, speedup=dense / sparse)
 
@@ -178,8 +182,10 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     hw, drift = rescale_for_drift(hw)
     rows = []
     for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
-        measured, predicted = measure_network(config, repeats), predict_network(config, hw)
-        rows.append(dict(asdict(config), label=config.label,
+        measured = measure_network(config, repeats)
+        realized = measured.pop("rates")
+        predicted = predict_network(config, hw, realized)
+        rows.append(dict(asdict(config), label=config.label, realized_rate=float(np.mean(list(realized.values()))),
                          **{f"measured_{k}": v for k, v in measured.items()},
                          **{f"predicted_{k}": v for k, v in predicted.items()}))
     metrics = {name: accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
