@@ -41,7 +41,7 @@ from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..metrics import accumulate
 from ..models.weights import backbone_state_dict, load_backbone
 from ..outputs import check_directory, claim
-from .losses import budget_loss, distillation_loss
+from .losses import budget_loss, check_budget, distillation_loss
 from .runlog import RunLog
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -120,8 +120,8 @@ class TrainConfig:
         check(self.clip_grad is None or self.clip_grad > 0,
               f"gradient clipping norm must be positive, got {self.clip_grad}")
         check(self.log_every >= 1, f"log interval must be at least 1 step, got {self.log_every}")
-        if not self.static:  # refuses bad latency-budget settings before training starts
-            budget_loss(self.target, self.budget_ms, self.hardware, self.budget_batch_size)
+        if not self.static:  # refuses bad budget settings before training starts (no timing here)
+            check_budget(self.target, self.budget_ms, self.hardware, self.budget_batch_size)
 
 
 def seed_everything(seed: int) -> None:

@@ -54,23 +54,34 @@ def latency_budget_loss(model: nn.Module, budget_ms: float, hardware: str | Hard
     return bounds + ((table.predict(rates) - budget_ms) / table.static_ms) ** 2
 
 
+def check_budget(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
+                 batch_size: int = 1) -> Hardware | None:
+    """Refuse bad budget settings (before training starts); return the device profile of a
+    latency budget, ``None`` for a FLOPs budget."""
+    if budget_ms is None:
+        if hardware is not None:
+            raise ValueError(f"hardware {hardware!r} is only used with a latency budget; give --budget-ms too")
+        checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
+        return None
+    if hardware is None:
+        raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
+    checks.number("latency budget in milliseconds", budget_ms, 0.0, low_open=True)
+    checks.positive_int("latency budget batch size", batch_size)
+    return load_hardware(hardware)
+
+
 def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
                 batch_size: int = 1) -> Callable[[nn.Module, float], Tensor]:
     """The compute budget a training loop adds to its loss, as ``loss(model, progress)``:
     :func:`flops_budget_loss` at the FLOPs ratio ``target``, or with ``budget_ms``,
     :func:`latency_budget_loss` on ``hardware`` for batches of ``batch_size`` (the
-    ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``).
-    Bad settings are refused here, before training starts."""
-    if budget_ms is None:
-        if hardware is not None:
-            raise ValueError(f"hardware {hardware!r} is only used with a latency budget; give --budget-ms too")
-        checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
+    ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``),
+    its calibrated profile rescaled to this machine's speed now (:mod:`laudnet.measure.drift`,
+    reported)."""
+    hw = check_budget(target, budget_ms, hardware, batch_size)
+    if hw is None:
         return lambda model, progress: flops_budget_loss(model, target, progress)
-    if hardware is None:
-        raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
-    checks.number("latency budget in milliseconds", budget_ms, 0.0, low_open=True)
-    checks.positive_int("latency budget batch size", batch_size)
-    hw, drift = rescale_for_drift(load_hardware(hardware))
+    hw, drift = rescale_for_drift(hw)
     if drift is not None:
         logger.warning(drift)
     return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
