@@ -234,6 +234,14 @@ class ValidationResult:
         return paths
 
 
+def cpu_profile(hardware: str | Hardware) -> Hardware:
+    """The profile to validate against: validation measures this CPU, so a CPU profile."""
+    hw = load_hardware(hardware)
+    if hw.kind != "cpu":
+        raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
+    return hw
+
+
 def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7, decisions: int = 3,
              threads: int | None = None, statistic: str = "median", progress: bool = True,
              paradigms: tuple[str, ...] | None = None) -> ValidationResult:
@@ -245,9 +253,7 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     stable_allocator()
-    hw = load_hardware(hardware)
-    if hw.kind != "cpu":
-        raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
+    hw = cpu_profile(hardware)
     profile_threads = hw.model.get("threads")
     if profile_threads is not None and profile_threads != torch.get_num_threads():
         raise ValueError(f"profile {hw.name!r} was calibrated with {profile_threads} threads but torch uses "
@@ -266,5 +272,5 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
     return ValidationResult(hw.name, machine_description(), torch.get_num_threads(), statistic, seed, rows, metrics)
 
 
-__all__ = ["BlockConfig", "ExactDecisions", "ValidationResult", "accuracy", "build_block", "measure_block",
-           "predict_block", "sample_configs", "validate"]
+__all__ = ["BlockConfig", "ExactDecisions", "ValidationResult", "accuracy", "build_block", "cpu_profile",
+           "measure_block", "predict_block", "sample_configs", "validate"]

@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from .. import checks
 from ..dynamic import set_decisions, set_execution, stats
-from ..latency.hardware import Hardware, load_hardware
+from ..latency.hardware import Hardware
 from ..latency.predictor import predict_latency
 from ..models import convert, create_model
 from .bench import machine_description
 from .drift import rescale_for_drift
 from .timing import interleaved, ratio, stable_allocator
-from .validate import accuracy
+from .validate import accuracy, cpu_profile
 
 NETWORK_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "regnet_y_400mf", "regnet_y_800mf", "mobilenet_v2")
 NETWORK_PARADIGMS = ("spatial", "channel", "layer", "layer+spatial", "layer+channel")
@@ -175,9 +175,7 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     configs = sample_networks(n, seed, archs, input_sizes)
     if threads is not None:
         torch.set_num_threads(checks.positive_int("threads", threads))
-    hw = load_hardware(hardware)
-    if hw.kind != "cpu":
-        raise ValueError(f"validation measures this CPU; {hw.name!r} is a {hw.kind.upper()} profile")
+    hw = cpu_profile(hardware)
     stable_allocator()  # as calibration ran
     hw, drift = rescale_for_drift(hw)
     rows = []
