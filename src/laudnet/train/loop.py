@@ -288,9 +288,10 @@ def train(spec: RunSpec, config: TrainConfig, out_dir: str | Path, *, resume: bo
     refused. A non-finite loss, weight or metric stops the run with
     :class:`NonFiniteError`, leaving the last checkpoint as it was.
     """
-    out_dir = check_directory(out_dir, "run directory")
-    with claim(out_dir, "run directory") if context.is_main else nullcontext():
-        return _train(spec, config, out_dir, resume, context, workers)
+    what = "run directory"  # rank 0 holds the directory; the others only check it
+    holder = claim(out_dir, what) if context.is_main else nullcontext(check_directory(out_dir, what))
+    with holder as checked:
+        return _train(spec, config, checked, resume, context, workers)
 
 
 def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, context: Context, workers: int) -> Path:
