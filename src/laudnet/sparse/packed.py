@@ -81,7 +81,7 @@ def _rows_as_map(rows: Tensor) -> Tensor:
 
 
 def _bucket(m: int) -> int:
-    """Row counts share a kernel choice within a power of two."""
+    """Row (or pixel) counts share a kernel choice within a power of two."""
     return 1 << max(0, math.ceil(math.log2(max(m, 1))))
 
 
@@ -203,7 +203,8 @@ class PackedConv:
         """``act(conv(x) + bias [+ residual])`` on a whole ``(B, C_in, H, W)`` channels-last
         map; a channels-last ``(B, C_out, H', W')`` result."""
         x = x.contiguous(memory_format=torch.channels_last)
-        return self._run("map", tuple(x.shape), x, act, residual, self._map_aten, self._map_onednn)
+        size = (x.shape[0], x.shape[1], _bucket(x.shape[2] * x.shape[3]))  # a detector's image sizes vary
+        return self._run("map", size, x, act, residual, self._map_aten, self._map_onednn)
 
     def gemm(self, a: Tensor, act: Activation = None, residual: Tensor | None = None,
              fixed_rows: bool = False) -> Tensor:
@@ -212,7 +213,8 @@ class PackedConv:
         count every call (oneDNN may then use a weight packed for that count; row counts of
         gathered pixels vary, and within a power of two share a kernel choice)."""
         if fixed_rows:
-            return self._run("packed_gemm", tuple(a.shape), a, act, residual, self._gemm_aten, self._packed_gemm_onednn)
+            return self._run("packed_gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual, self._gemm_aten,
+                             self._packed_gemm_onednn)
         return self._run("gemm", (_bucket(a.shape[0]), a.shape[1]), a, act, residual, self._gemm_aten,
                          self._gemm_onednn)
 
