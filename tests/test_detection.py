@@ -12,6 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import laudnet
 from laudnet.blocks.resnet import DynamicBasicBlock
+from laudnet.dynamic import dynamic_blocks
 from laudnet.models import DynamicResNet
 
 from conftest import assert_close_to_scale, randomize_norms
@@ -121,13 +122,64 @@ def test_converted_detector_is_exact_with_gates_open(name, kwargs):
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in others.items())
 
     images = _images()
+    exact = laudnet.convert(reference, paradigm="spatial-channel-layer-spatial", skip_padding=False)
     with torch.no_grad():
         expected = reference(images)
         laudnet.set_execution(model, "static")
         _assert_same_detections(model(images), expected)
+        laudnet.set_decisions(exact, rate=1.0)  # every gate open, the padding computed too
+        _assert_same_detections(exact(images), expected)
         laudnet.set_execution(model, "masked")
-        laudnet.set_decisions(model, rate=1.0)
-        _assert_same_detections(model(images), expected)
+        laudnet.set_decisions(model, rate=1.0)  # every gate open on one image: nothing padded
+        _assert_same_detections(model(images[:1]), reference(images[:1]))
+
+
+def _padded_patches(block, sizes, input_size):
+    """1 where a patch of ``block``'s last spatial decision lies wholly in the padding."""
+    rows, cols = block.last_decision.spatial.shape[-2:]
+    height, width = block.last.input_shape[-2:]
+    side, stride = block.spatial_masker.granularity, block.spatial_masker.stride
+    top = torch.arange(rows) * side * input_size[0] / -(-height // stride)
+    left = torch.arange(cols) * side * input_size[1] / -(-width // stride)
+    sizes = torch.tensor(sizes)
+    return ((top[None, :, None] >= sizes[:, 0, None, None]) | (left[None, None, :] >= sizes[:, 1, None, None]))
+
+
+def test_padding_costs_nothing_and_masked_equals_sparse():
+    model = laudnet.convert(_frozen_detector(), paradigm="spatial", granularity="2-2-1-1")
+    laudnet.set_decisions(model, rate=0.6, seed=2)
+    images = _images()
+    batch, _ = model.transform(images)
+    sizes, input_size = batch.image_sizes, batch.tensors.shape[-2:]
+    assert sizes[1][1] < input_size[1]  # the second image is padded on the right
+    body = model.backbone.body
+    with torch.no_grad():
+        body.image_sizes = sizes
+        masked = model.backbone(batch.tensors)
+    assert body.image_sizes is None  # used by one pass only
+    masked_stats = laudnet.stats(model)
+    padded = 0
+    for _, block in dynamic_blocks(body):
+        outside = _padded_patches(block, sizes, input_size)
+        assert block.last_decision.spatial[outside].sum() == 0 and block.last_decision.spatial.sum() > 0
+        padded += int(outside.sum())
+    assert padded > 0
+    with torch.no_grad():
+        model.backbone(batch.tensors)  # not told the sizes: the padding is computed like the image
+    assert laudnet.stats(model).flops_per_sample[1] > masked_stats.flops_per_sample[1]
+    laudnet.set_execution(model, "sparse")
+    body.image_sizes = sizes
+    sparse = model.backbone(batch.tensors)
+    for key in masked:
+        assert_close_to_scale(sparse[key], masked[key])
+    assert laudnet.stats(model).mean_rates == masked_stats.mean_rates
+    with torch.no_grad():  # through the detector, its transform tells the body the sizes
+        model(images)
+    assert laudnet.stats(model).mean_rates == masked_stats.mean_rates
+
+    with pytest.raises(ValueError, match="image_sizes holds 1 sizes for a batch of 2 images"):
+        body.image_sizes = sizes[:1]
+        body(batch.tensors)
 
 
 def _frozen_detector() -> torch.nn.Module:
@@ -220,7 +272,7 @@ def test_unsupported_detectors_and_names_are_refused():
         laudnet.convert(torch.nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="cannot convert ResNet as a detector"):
         laudnet.detection.convert_detector(torchvision.models.resnet18())
-    with pytest.raises(ValueError, match="detector is 'yolo'; allowed: fasterrcnn_resnet50_fpn"):
+    with pytest.raises(ValueError, match="detector is 'yolo'; allowed: fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn"):
         laudnet.detection.create_detector("yolo")
     with pytest.raises(ValueError, match="without weights, got weights='DEFAULT'"):
         laudnet.detection.create_detector("retinanet_resnet50_fpn", weights="DEFAULT")

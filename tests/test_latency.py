@@ -22,7 +22,9 @@ from laudnet.latency.learned import LearnedPredictor
 from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import calibrate as cal, microbenchmarks, timing
+from laudnet.distributed import Context
 from laudnet.measure.drift import Drift, reference_ms, rescale_for_drift
+from laudnet.train.loop import shared_reference
 from laudnet.measure.timing import stable_allocator
 from laudnet.measure.validate import ExactDecisions, accuracy, build_block, sample_configs
 from laudnet.sparse.plan import conv_op, gemm_op, memory_op
@@ -405,6 +407,9 @@ def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
     assert Drift("local", 10.0, 15.0).factor == 1.5 and "1.50x slower" in Drift("local", 10.0, 15.0).describe()
     assert "2.00x faster" in Drift("local", 10.0, 5.0).describe()
     assert not Drift("local", 10.0, 10.5).significant and "not rescaled" in Drift("local", 10.0, 10.5).describe()
+    timed = dataclasses.replace(local, reference_ms=2.0)
+    assert rescale_for_drift(timed, measure=lambda: 5.0)[0].time_scale == pytest.approx(2.5)  # a measurement given
+    assert shared_reference(Context())() > 0  # one process: rank 0 times it
 
 
 def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.build import DataSplits, build_datasets
+from .detection import create_detector, list_detectors
 from .dynamic import set_execution
 from .errors import CheckpointError
 from .models import create_model
@@ -43,7 +44,16 @@ class RunSpec:
                               test_size=self.test_size, seed=self.data_seed)
 
     def build_model(self, splits: DataSplits | None = None) -> nn.Module:
+        """The network (a classifier, or for a detection dataset a detector of
+        :func:`laudnet.detection.list_detectors` resizing images to the data's size)."""
         info = (splits or self.datasets()).info
+        if info.task == "detection":
+            if self.model not in list_detectors():
+                raise ValueError(f"{self.dataset} is a detection dataset and {self.model!r} not a detector; "
+                                 f"allowed: {', '.join(list_detectors())}")
+            return create_detector(self.model, paradigm=self.paradigm, granularity=self.granularity,
+                                   gate_scale=self.gate_scale, num_classes=info.num_classes,
+                                   min_size=info.image_size, max_size=round(info.image_size * 5 / 3))
         return create_model(self.model, paradigm=self.paradigm, granularity=self.granularity,
                             gate_scale=self.gate_scale, num_classes=info.num_classes,
                             in_channels=info.in_channels, input_size=info.image_size)

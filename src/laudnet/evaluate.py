@@ -12,6 +12,7 @@ rates measured on the test split against the same network without gates.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -20,25 +21,28 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from . import checks
 from .checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
 from .data.build import has_boxes
 from .data.loaders import eval_loader
-from .dynamic import dynamic_blocks, set_execution
+from .detection.metrics import evaluate_detector
+from .dynamic import dynamic_blocks, dynamic_networks, set_execution
 from .measure import interleaved, ratio
 from .latency.predictor import predict_walk, walk_network
-from .metrics import accumulate
+from .metrics import Totals, accumulate
 from .outputs import claim
 
 EVAL_EXECUTIONS = ("sparse", "masked")
 
 
-def measure_latency(model: nn.Module, images: Tensor, repeats: int = 20, warmup: int = 3) -> dict:
+def measure_latency(model: nn.Module, images: Tensor | list[Tensor], repeats: int = 20, warmup: int = 3) -> dict:
     """Sparse execution of ``model`` against its dense baseline (same weights, ``static``
-    execution) on ``images``, interleaved; the speedup is dense / sparse time per round."""
+    execution) on ``images`` (a batch, or a detector's list of images), interleaved; the
+    speedup is dense / sparse time per round."""
     sparse = set_execution(copy.deepcopy(model).eval(), "sparse")
     dense = set_execution(copy.deepcopy(model).eval(), "static")
     device = next(model.parameters()).device
-    images = images.to(device)
+    images = images.to(device) if isinstance(images, Tensor) else [image.to(device) for image in images]
 
     def run(net: nn.Module):
         with torch.no_grad():
@@ -47,7 +51,7 @@ def measure_latency(model: nn.Module, images: Tensor, repeats: int = 20, warmup:
     timings = interleaved({"dense": lambda: run(dense), "sparse": lambda: run(sparse)}, repeats=repeats,
                           warmup=warmup, device=device)
     speedup = ratio(timings, "dense", "sparse")
-    return {"batch": images.shape[0], "dense_ms": timings["dense"].median_ms,
+    return {"batch": len(images), "dense_ms": timings["dense"].median_ms,
             "sparse_ms": timings["sparse"].median_ms, "speedup": speedup.median,
             "speedup_iqr": list(speedup.spread), "repeats": repeats, "threads": torch.get_num_threads()}
 
@@ -91,21 +95,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", b
         set_execution(model, execution)
     boxes = torch.tensor([dataset.box(i) for i in range(len(dataset))]) if has_boxes(dataset) else None
     totals = accumulate(model, eval_loader(dataset, batch_size), device, boxes, progress)
-    result = {
-        "execution": "static" if static else execution,
-        "test_samples": int(totals.samples),
-        "accuracy": totals.accuracy,
-        "flops": totals.flops / totals.samples,
-        "static_flops": totals.static_flops,
-        "flops_ratio": totals.flops_ratio,
-        "blocks": [{"name": name, "paradigm": block.config.paradigm, "granularity": block.config.granularity,
-                    "rate": totals.mean_rates[name], "macs": totals.macs[name] / totals.samples,
-                    "static_macs": block.last.static_macs} for name, block in dynamic_blocks(model)],
-        "object": None if boxes is None or totals.object_share is None else
-        {"kept_on_object": totals.object_share, "chance": totals.chance_share},
-        "latency": [],
-        "predicted": [],
-    }
+    result = {"task": "classification", "execution": "static" if static else execution,
+              "accuracy": totals.accuracy, **_compute(model, totals), "latency": [], "predicted": []}
     if not static:
         input_size = dataset[0][0].shape[-1]
         result["predicted"] = predict(model, totals.mean_rates, input_size, hardware, latency_batches)
@@ -114,6 +105,66 @@ def evaluate(model: nn.Module, dataset: Dataset, *, execution: str = "sparse", b
             result["latency"].append(measure_latency(model, images, repeats))
         set_execution(model, "masked")
     return result
+
+
+def _compute(model: nn.Module, totals: Totals) -> dict:
+    """What the network computed over an evaluation: FLOPs, per-block rates and MACs, and
+    where the spatial masks fell."""
+    return {
+        "test_samples": int(totals.samples),
+        "flops": totals.flops / totals.samples,
+        "static_flops": totals.static_flops,
+        "flops_ratio": totals.flops_ratio,
+        "blocks": [{"name": name, "paradigm": block.config.paradigm, "granularity": block.config.granularity,
+                    "rate": totals.mean_rates[name], "macs": totals.macs[name] / totals.samples,
+                    "static_macs": block.last.static_macs} for name, block in dynamic_blocks(model)],
+        "object": None if totals.object_share is None else
+        {"kept_on_object": totals.object_share, "chance": totals.chance_share},
+    }
+
+
+def evaluate_detection(model: nn.Module, dataset: Dataset, *, execution: str = "sparse",
+                       latency_batches: Sequence[int] = (1, 2), latency_sizes: Sequence[int] = (),
+                       repeats: int = 20, device: torch.device | str = "cpu", progress: bool = False) -> dict:
+    """COCO mAP, activation rates, backbone FLOPs, where the spatial masks fall (kept
+    patches inside the object boxes) and the measured sparse-vs-dense latency of a detector
+    with a dynamic backbone on ``dataset``, as a JSON-ready dict.
+
+    Latency is measured for the backbone body alone (on the batch the detector's transform
+    makes) and for the whole detector, with the first ``batch`` test images of each of
+    ``latency_batches``, resized to each short side of ``latency_sizes`` (default: the
+    detector's own ``min_size``).
+    """
+    if execution not in EVAL_EXECUTIONS:
+        raise ValueError(f"evaluation execution {execution!r} is unknown; allowed: {', '.join(EVAL_EXECUTIONS)}")
+    batches = [checks.positive_int("latency batch size", b) for b in latency_batches]
+    sizes = [checks.integer("latency image size", s, 32) for s in latency_sizes] or [min(model.transform.min_size)]
+    model = model.to(device).eval()
+    static = all(block.execution == "static" for _, block in dynamic_blocks(model))
+    if not static:
+        set_execution(model, execution)
+    metrics = evaluate_detector(model, dataset, progress=progress)
+    result = {"task": "detection", "execution": "static" if static else execution, "AP": metrics["bbox"]["AP"],
+              "coco": {k: v for k, v in metrics.items() if k != "totals"}, **_compute(model, metrics["totals"]),
+              "latency": [], "predicted": []}
+    if not static:
+        for size, batch in itertools.product(sizes, batches):
+            images = [dataset[i][0] for i in range(min(batch, len(dataset)))]
+            result["latency"] += detector_latency(model, images, size, repeats)
+        set_execution(model, "masked")
+    return result
+
+
+def detector_latency(detector: nn.Module, images: list[Tensor], size: int, repeats: int = 20) -> list[dict]:
+    """Sparse against dense latency of ``detector``'s backbone body and of the whole
+    detector on ``images`` resized to the short side ``size`` (:func:`measure_latency`)."""
+    resized = copy.deepcopy(detector).eval()
+    resized.transform.min_size, resized.transform.max_size = (size,), round(size * 5 / 3)
+    with torch.no_grad():
+        batch = resized.transform([image.to(next(detector.parameters()).device) for image in images])[0].tensors
+    shape = "x".join(str(n) for n in batch.shape)
+    return [{"part": "backbone", "size": size, "input": shape, **measure_latency(resized.backbone.body, batch, repeats)},
+            {"part": "detector", "size": size, "input": shape, **measure_latency(resized, images, repeats)}]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, data: str | None = None,
@@ -135,10 +186,21 @@ def _evaluate_into(state: dict, out_dir: Path, dataset: str | None, data: str | 
     eval_spec = RunSpec(**{**state["spec"], **overrides})
     splits = eval_spec.datasets()
     model = model_from_checkpoint(state, splits)
-    result = {"checkpoint": state["path"], "model": spec.model, "paradigm": model.paradigm,
-              "granularity": model.granularity, "dataset": eval_spec.dataset, "static_run": state["config"]["static"],
+    network = dynamic_networks(model)[0]  # a classifier, or a detector's backbone body
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # unset: the task's defaults
+    if splits.info.task == "detection":
+        if kwargs.pop("hardware", None):
+            raise ValueError("predicted latency on hardware profiles covers classifiers; for a detector, "
+                             "predict its backbone with laudnet.predict_latency")
+        kwargs.pop("batch_size", None)
+        figures = evaluate_detection(model, splits.test, **kwargs)
+    else:
+        kwargs.pop("latency_sizes", None)
+        figures = evaluate(model, splits.test, **kwargs)
+    result = {"checkpoint": state["path"], "model": spec.model, "paradigm": network.paradigm,
+              "granularity": network.granularity, "dataset": eval_spec.dataset, "static_run": state["config"]["static"],
               "target": None if state["config"]["static"] else state["config"]["target"],
-              "epochs": state["epoch"], **evaluate(model, splits.test, **kwargs)}
+              "epochs": state["epoch"], **figures}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "eval.md").write_text(summary_markdown(result))
     result["json"] = str(out_dir / "eval.json")
@@ -152,11 +214,18 @@ def summary_markdown(result: dict) -> str:
         kind = "static (no gates)" if result["static_run"] else f"{result['paradigm']} (granularity {result['granularity']})"
         lines += [f"- model: {result['model']}, {kind}", f"- dataset: {result['dataset']} test split, "
                   f"{result['test_samples']} images"]
-    lines += [f"- top-1 accuracy: {100 * result['accuracy']:.2f} % ({result['execution']} execution)",
-              f"- FLOPs: {result['flops'] / 1e6:.2f} MMACs per image of {result['static_flops'] / 1e6:.2f} static "
-              f"({100 * result['flops_ratio']:.1f} %)"]
+    detection = result.get("task") == "detection"
+    if detection:
+        for iou_type, metrics in result["coco"].items():
+            figures = ", ".join(f"{name} {100 * value:.1f}" for name, value in metrics.items())
+            lines.append(f"- COCO {iou_type}: {figures} ({result['execution']} execution)")
+    else:
+        lines.append(f"- top-1 accuracy: {100 * result['accuracy']:.2f} % ({result['execution']} execution)")
+    lines.append(f"- {'backbone ' if detection else ''}FLOPs: {result['flops'] / 1e6:.2f} MMACs per image of "
+                 f"{result['static_flops'] / 1e6:.2f} static ({100 * result['flops_ratio']:.1f} %)")
     if result["object"] is not None:
-        lines.append(f"- kept patches on the object: {100 * result['object']['kept_on_object']:.1f} % "
+        lines.append(f"- kept patches on {'objects' if detection else 'the object'}: "
+                     f"{100 * result['object']['kept_on_object']:.1f} % "
                      f"(all patches: {100 * result['object']['chance']:.1f} %)")
     lines += ["", "| block | paradigm | granularity | activation rate | MMACs | static MMACs |",
               "|---|---|---|---|---|---|"]
@@ -165,11 +234,13 @@ def summary_markdown(result: dict) -> str:
                      f"{b['macs'] / 1e6:.2f} | {b['static_macs'] / 1e6:.2f} |")
     if result["latency"]:
         threads = result["latency"][0]["threads"]
-        lines += ["", f"Measured latency on this machine ({threads} threads), sparse against dense, interleaved:", "",
-                  "| batch | dense ms | sparse ms | speedup (median) | IQR |", "|---|---|---|---|---|"]
+        lines += ["", f"Measured latency on this machine ({threads} threads), sparse against dense, interleaved:", ""]
+        where = (lambda m: f"| {m['part']} | {m['input']} ") if detection else (lambda m: "")
+        lines += ["| part | input " * detection + "| batch | dense ms | sparse ms | speedup (median) | IQR |",
+                  "|---|---" * detection + "|---|---|---|---|---|"]
         for m in result["latency"]:
-            lines.append(f"| {m['batch']} | {m['dense_ms']:.2f} | {m['sparse_ms']:.2f} | {m['speedup']:.2f}x | "
-                         f"{m['speedup_iqr'][0]:.2f}-{m['speedup_iqr'][1]:.2f} |")
+            lines.append(f"{where(m)}| {m['batch']} | {m['dense_ms']:.2f} | {m['sparse_ms']:.2f} | "
+                         f"{m['speedup']:.2f}x | {m['speedup_iqr'][0]:.2f}-{m['speedup_iqr'][1]:.2f} |")
     if result.get("predicted"):
         lines += ["", "Predicted latency at the measured activation rates, against the network without gates:", "",
                   "| hardware | batch | static ms | dynamic ms | speedup | |", "|---|---|---|---|---|---|"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import Context, all_reduce_sum
-from .dynamic import dynamic_blocks, stats
+from .dynamic import NetworkStats, dynamic_blocks, stats
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Totals:
     samples: float = 0.0
     correct: float = 0.0
     flops: float = 0.0
-    static_flops: int = 0
+    static: float = 0.0
     rates: dict[str, float] = field(default_factory=dict)
     macs: dict[str, float] = field(default_factory=dict)
     kept_on_object: float = 0.0
@@ -33,8 +33,13 @@ class Totals:
         return self.correct / max(self.samples, 1)
 
     @property
+    def static_flops(self) -> float:
+        """Static MACs per sample (a detector's padded batches differ in size)."""
+        return self.static / max(self.samples, 1)
+
+    @property
     def flops_ratio(self) -> float:
-        return self.flops / max(self.samples, 1) / self.static_flops
+        return self.flops / self.static if self.static else math.nan
 
     @property
     def mean_rates(self) -> dict[str, float]:
@@ -55,13 +60,28 @@ class Totals:
         if not context.distributed:
             return self
         names = list(self.rates)
-        values = torch.tensor([self.samples, self.correct, self.flops, self.kept_on_object, self.kept,
+        values = torch.tensor([self.samples, self.correct, self.flops, self.static, self.kept_on_object, self.kept,
                                self.patches_on_object, self.patches] + [self.rates[n] for n in names]
                               + [self.macs[n] for n in names], dtype=torch.float64)
         values = all_reduce_sum(values.to(context.device), context).cpu().tolist()
         k = len(names)
-        return Totals(*values[:3], self.static_flops, dict(zip(names, values[7:7 + k])),
-                      dict(zip(names, values[7 + k:])), *values[3:7])
+        return Totals(*values[:4], dict(zip(names, values[8:8 + k])), dict(zip(names, values[8 + k:])),
+                      *values[4:8])
+
+    def add(self, network: NetworkStats, overlap: tuple[float, float, float, float] | None = None) -> None:
+        """Add one forward pass: its statistics and, if given, its :func:`object_overlap` counts."""
+        batch = len(network.flops_per_sample)
+        self.samples += batch
+        self.flops += float(network.flops_per_sample.sum())
+        self.static += float(network.static_flops) * batch
+        for b in network.blocks:
+            self.rates[b.name] = self.rates.get(b.name, 0.0) + float(b.rate.sum())
+            self.macs[b.name] = self.macs.get(b.name, 0.0) + float(b.macs.sum())
+        if overlap is not None:
+            self.kept_on_object += overlap[0]
+            self.kept += overlap[1]
+            self.patches_on_object += overlap[2]
+            self.patches += overlap[3]
 
 
 def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float, float]:
@@ -109,19 +129,7 @@ def accumulate(model: nn.Module, loader, device: torch.device | str = "cpu",
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         batch = labels.shape[0]
-        s = stats(model)
-        totals.samples += batch
         totals.correct += float((logits.argmax(1) == labels).sum())
-        totals.flops += float(s.flops_per_sample.sum())
-        totals.static_flops = s.static_flops
-        for b in s.blocks:
-            totals.rates[b.name] = totals.rates.get(b.name, 0.0) + float(b.rate.sum())
-            totals.macs[b.name] = totals.macs.get(b.name, 0.0) + float(b.macs.sum())
-        if boxes is not None:
-            counts = object_overlap(model, boxes[seen:seen + batch])
-            totals.kept_on_object += counts[0]
-            totals.kept += counts[1]
-            totals.patches_on_object += counts[2]
-            totals.patches += counts[3]
+        totals.add(stats(model), None if boxes is None else object_overlap(model, boxes[seen:seen + batch]))
         seen += batch
     return totals

@@ -32,6 +32,7 @@ Subclasses only declare their units, their shortcut and their output activation.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -48,6 +49,7 @@ from ..sparse import expand_groups
 from ..sparse.plan import Op
 from ..sparse.pixels import upsample_mask
 from .decisions import Decision, FixedDecisions
+from .padding import valid_patches
 from .records import BlockRecord, record, static_block_macs
 
 EXECUTION_MODES = ("masked", "sparse", "static")
@@ -136,11 +138,24 @@ class DynamicBlock(nn.Module):
 
     # ----------------------------------------------------------------- decisions
     def decide(self, x: Tensor) -> Decision:
-        """Decisions for ``x``: from the fixed override if set, else from the maskers."""
+        """Decisions for ``x``: from the fixed override if set, else from the maskers;
+        within an :func:`~laudnet.blocks.padding.image_region`, patches wholly in the
+        padding are skipped."""
         if self.fixed is not None:
             for masker in self.maskers():  # the gates still run: fixed decisions cost what gates cost
                 masker(x)
-            return self.fixed.decide(self, x)
+            return self._outside_padding(self.fixed.decide(self, x), x)
+        return self._outside_padding(self._gate_decisions(x), x)
+
+    def _outside_padding(self, decision: Decision, x: Tensor) -> Decision:
+        if decision.spatial is None:
+            return decision
+        masker = self.spatial_masker
+        out_size = (-(-x.shape[-2] // masker.stride), -(-x.shape[-1] // masker.stride))
+        valid = valid_patches(*decision.spatial.shape[-2:], masker.granularity, out_size)
+        return decision if valid is None else replace(decision, spatial=decision.spatial * valid.to(decision.spatial))
+
+    def _gate_decisions(self, x: Tensor) -> Decision:
         decision = Decision()
         if self.layer_masker is not None:
             logits, scale = self.layer_masker(x)

@@ -29,17 +29,22 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a static teacher (--static) or a dynamic student (--teacher CKPT)",
         description="Train a network. First a static teacher (--static), then a dynamic student that starts "
-                    "from the teacher's weights and learns its gates with a FLOPs budget and distillation. "
+                    "from the teacher's weights and learns its gates with a FLOPs budget and distillation "
+                    "(of the logits; for detectors, of the FPN features). "
                     "Under torchrun the run is distributed (gloo on CPU, NCCL on GPU).")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="cluttered", choices=DATASETS, help="default: %(default)s (embedded)")
     data.add_argument("--data", metavar="PATH", help="where the dataset's files are")
-    data.add_argument("--image-size", type=int, help="canvas side (cluttered: 64, fashion-mnist-placed: 56)")
+    data.add_argument("--image-size", type=int, help="canvas side (cluttered: 64, fashion-mnist-placed: 56); "
+                                                      "detection: the short side images are resized to "
+                                                      "(shapes-detection: 320, coco: 512)")
     data.add_argument("--train-size", type=int, help="use the first N training images")
     data.add_argument("--test-size", type=int, help="use the first N test images")
     data.add_argument("--data-seed", type=int, default=0, help="seed of procedural data and placements")
     model = p.add_argument_group("model")
-    model.add_argument("--model", default="cifar_resnet20", help="a name of laudnet.list_models() (default: %(default)s)")
+    model.add_argument("--model", default="cifar_resnet20",
+                       help="a name of laudnet.list_models() (default: %(default)s), or for a detection dataset "
+                            "one of laudnet.detection.list_detectors(), e.g. fasterrcnn_resnet18_fpn")
     model.add_argument("--paradigm", help="per-stage paradigm, e.g. spatial or spatial-channel-layer "
                                           "(default: spatial; none with --static)")
     model.add_argument("--granularity", help="per-stage patch side / channel group, e.g. 8-4-2")
@@ -145,8 +150,11 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="PATH", help="where the dataset's files are")
     p.add_argument("--test-size", type=int, help="use the first N test images")
     p.add_argument("--execution", default="sparse", help="sparse (default) or masked, for accuracy")
-    p.add_argument("--latency-batch", type=positive_int_list, default=[1, 32], metavar="N[,N...]",
-                   help="batch sizes of the latency measurement (default: 1,32)")
+    p.add_argument("--latency-batch", type=positive_int_list, metavar="N[,N...]",
+                   help="batch sizes of the latency measurement (default: 1,32; detectors: 1,2)")
+    p.add_argument("--latency-size", type=positive_int_list, default=[], metavar="S[,S...]",
+                   help="detectors: short sides the images are resized to for the latency measurement "
+                        "(default: the training size)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds (default: %(default)s)")
     p.add_argument("--hardware", type=name_list, default=[], metavar="NAME[,NAME...]",
                    help="also predict the latency on these profiles, at the latency batch sizes "
@@ -161,7 +169,8 @@ def run_eval(args: argparse.Namespace) -> None:
         load_hardware(name)
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data=args.data, test_size=args.test_size,
                                  out_dir=args.out, execution=args.execution,
-                                 latency_batches=args.latency_batch, repeats=args.repeats,
+                                 latency_batches=args.latency_batch, latency_sizes=args.latency_size,
+                                 repeats=args.repeats,
                                  hardware=args.hardware, progress=True)
     print(summary_markdown(result))
     print(f"wrote {result['json']} and eval.md")

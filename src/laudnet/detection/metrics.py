@@ -14,11 +14,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .. import checks
 from ..data.coco import coco_mask, encode_masks, require_pycocotools, target_annotations
 from ..data.loaders import collate_detection
+from ..dynamic import dynamic_blocks, dynamic_networks, stats
+from ..metrics import Totals
 
 try:
     from pycocotools.coco import COCO
@@ -82,10 +85,33 @@ def coco_eval(ground_truth: dict, detections: list[dict], iou_type: str = "bbox"
     return {name: float(value) if value >= 0 else math.nan for name, value in zip(METRICS, evaluator.stats)}
 
 
-def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2,
-                      workers: int = 0) -> dict[str, dict[str, float]]:
+def box_overlap(model: nn.Module, boxes: list[Tensor]) -> tuple[float, float, float, float]:
+    """For the spatial decisions of a detector's last forward pass and each image's object
+    ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw): kept patches on an
+    object, kept patches, patches on an object, patches (the padded area included). A patch
+    is on an object when its area in the backbone's input overlaps a box (max-pooled)."""
+    body = dynamic_networks(model)[0]
+    on_object = torch.zeros(len(boxes), 1, *body.input_shape[-2:])
+    for i, image_boxes in enumerate(boxes):
+        for x1, y1, x2, y2 in image_boxes.round().long().tolist():
+            on_object[i, 0, y1:y2, x1:x2] = 1.0
+    totals = torch.zeros(4, dtype=torch.float64)
+    for _, block in dynamic_blocks(model):
+        decision = block.last_decision
+        if decision is None or decision.spatial is None:
+            continue
+        mask = decision.spatial if decision.layer is None else decision.spatial * decision.layer[:, None, None]
+        on = F.adaptive_max_pool2d(on_object, mask.shape[-2:])[:, 0].to(torch.float64)
+        kept = (mask.detach().cpu() > 0).to(torch.float64)
+        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
+    return tuple(totals.tolist())
+def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, workers: int = 0,
+                      progress: bool = False) -> dict:
     """COCO mAP of ``model`` on ``dataset``: ``{"bbox": {"AP": …, "AP50": …, …}}`` and, when
     the model returns masks and the targets have them, ``"segm"`` too (see :func:`coco_eval`).
+    For a detector with a dynamic backbone, ``"totals"`` holds the backbone's FLOPs,
+    activation rates and where its spatial masks fall (a :class:`~laudnet.metrics.Totals`
+    over the evaluated images; see :func:`box_overlap`).
 
     ``model`` is a torchvision-style detector in eval mode (a list of images in, a list of
     dicts with ``boxes``, ``scores``, ``labels`` and maybe ``masks`` out), run without
@@ -100,20 +126,37 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2,
     device = next(model.parameters(), torch.empty(0)).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_detection)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
+    dynamic = bool(dynamic_blocks(model))
+    resized: list = []  # the image sizes the transform made, to place the boxes in the backbone's input
+    hook = model.transform.register_forward_hook(lambda module, inputs, output: resized.append(output[0].image_sizes))
     images, objects, detections = [], [], []
+    totals = Totals()
     with_masks = True
-    with torch.no_grad():
-        for batch, targets in loader:
-            outputs = model([image.to(device) for image in batch])
-            for image, target, output in zip(batch, targets, outputs):
-                image_id = len(images) + 1
-                images.append({"id": image_id, "height": image.shape[-2], "width": image.shape[-1]})
-                objects += target_annotations(target, image_id, len(objects) + 1)
-                detections += _detections(output, image_id)
-                with_masks = with_masks and "masks" in target and "masks" in output
+    try:
+        with torch.no_grad():
+            for batch, targets in loader:
+                outputs = model([image.to(device) for image in batch])
+                for image, target, output in zip(batch, targets, outputs):
+                    image_id = len(images) + 1
+                    images.append({"id": image_id, "height": image.shape[-2], "width": image.shape[-1]})
+                    objects += target_annotations(target, image_id, len(objects) + 1)
+                    detections += _detections(output, image_id)
+                    with_masks = with_masks and "masks" in target and "masks" in output
+                if dynamic:
+                    boxes = [t["boxes"] * torch.tensor([w / i.shape[-1], h / i.shape[-2]] * 2)
+                             for t, i, (h, w) in zip(targets, batch, resized[-1])]
+                    totals.add(stats(model), box_overlap(model, boxes))
+    finally:
+        hook.remove()
     categories = [{"id": label} for label in sorted({a["category_id"] for a in objects})]
     ground_truth = {"images": images, "annotations": objects, "categories": categories}
-    metrics = {"bbox": coco_eval(ground_truth, detections, "bbox")}
+    metrics: dict = {"bbox": coco_eval(ground_truth, detections, "bbox")}
     if with_masks:
         metrics["segm"] = coco_eval(ground_truth, detections, "segm")
+    if dynamic:
+        metrics["totals"] = totals
     return metrics

@@ -11,6 +11,7 @@ predict``, a latency-budget training run): a rescaling is never silent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -66,11 +67,12 @@ class Drift:
         return f"{found}, within the ±{DEAD_BAND:.0%} the reference itself varies: not rescaled"
 
 
-def rescale_for_drift(hw: Hardware) -> tuple[Hardware, str | None]:
+def rescale_for_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Hardware, str | None]:
     """``hw`` scaled to this machine's speed now, and a line saying what was found: the drift
     factor, or why no check was possible (a profile without a reference time, a process with
     another thread count than the profile's). Profiles not measured on this machine (GPUs,
-    datasheet CPU profiles) come back unchanged with no line."""
+    datasheet CPU profiles) come back unchanged with no line. ``measure`` times the
+    reference now (distributed training times it on one rank and shares it)."""
     if hw.kind != "cpu" or not hw.calibrated:
         return hw, None
     if hw.reference_ms is None:
@@ -80,5 +82,5 @@ def rescale_for_drift(hw: Hardware) -> tuple[Hardware, str | None]:
     if threads is not None and threads != torch.get_num_threads():
         return hw, (f"profile {hw.name!r} was calibrated with {threads} threads and this process runs "
                     f"{torch.get_num_threads()}: no drift check, not rescaled")
-    drift = Drift(hw.name, hw.reference_ms, reference_ms())
+    drift = Drift(hw.name, hw.reference_ms, measure())
     return (hw.scaled(drift.factor) if drift.significant else hw), drift.describe()

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .. import checks
 from ..config import StageConfig
 from ..engine import engine_input, inference
+from ..blocks.padding import image_region
 from ..engine.static import StaticLayers
 from ..gates import Masker
 
@@ -27,6 +28,9 @@ class DynamicNetwork(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.input_shape: tuple[int, ...] | None = None
+        self.image_sizes: list[tuple[int, int]] | None = None
+        """The unpadded ``(h, w)`` of each image of the next input, if it is a padded batch
+        (set by a detector's transform, used by one pass: :mod:`laudnet.blocks.padding`)."""
         self.execution = "masked"  # set with the blocks' by laudnet.set_execution
         self.static_layers = StaticLayers()  # stems, heads, blocks without gates in sparse inference
         self.register_forward_pre_hook(_prepare_input)
@@ -57,14 +61,18 @@ class DynamicNetwork(nn.Module):
     def stage_outputs(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Every stage's output keyed by the stage's module name, on an input as
         :meth:`forward` receives it (use :meth:`forward_features` from outside)."""
-        x = self.forward_stem(x)
-        stages = self.named_stages()
-        features: OrderedDict[str, Tensor] = OrderedDict()
-        for i, (name, stage) in enumerate(stages):
-            x = self.run_stage(stage, x)
-            # in sparse execution a block that reuses its input writes its output over it
-            overwritten = i + 1 < len(stages) and getattr(stages[i + 1][1][0], "reuse_input", False)
-            features[name] = x.clone() if overwritten and self.sparse_inference else x
+        sizes, self.image_sizes = self.image_sizes, None
+        if sizes is not None and len(sizes) != x.shape[0]:
+            raise ValueError(f"image_sizes holds {len(sizes)} sizes for a batch of {x.shape[0]} images")
+        with image_region(sizes, tuple(x.shape[-2:])):
+            x = self.forward_stem(x)
+            stages = self.named_stages()
+            features: OrderedDict[str, Tensor] = OrderedDict()
+            for i, (name, stage) in enumerate(stages):
+                x = self.run_stage(stage, x)
+                # in sparse execution a block that reuses its input writes its output over it
+                overwritten = i + 1 < len(stages) and getattr(stages[i + 1][1][0], "reuse_input", False)
+                features[name] = x.clone() if overwritten and self.sparse_inference else x
         return features
 
     def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:

@@ -16,10 +16,11 @@ from typing import Sequence
 
 from ..checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
 from ..outputs import claim
-from .masks import decision_map, mask_overlays
-from .plots import accuracy_vs_flops, block_rates, label
+from .masks import decision_map, detection_overlays, mask_overlays
+from .plots import accuracy_vs_flops, block_rates, label, score
 
-__all__ = ["accuracy_vs_flops", "block_rates", "decision_map", "load_eval", "mask_overlays", "write_report"]
+__all__ = ["accuracy_vs_flops", "block_rates", "decision_map", "detection_overlays", "load_eval", "mask_overlays",
+           "write_report"]
 
 
 def load_eval(source: str | Path | dict) -> dict:
@@ -35,7 +36,7 @@ def load_eval(source: str | Path | dict) -> dict:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(result, dict) or "accuracy" not in result or "blocks" not in result:
+    if not isinstance(result, dict) or not ("accuracy" in result or "AP" in result) or "blocks" not in result:
         raise ValueError(f"{path} is not an evaluation written by `laudnet eval`")
     return result
 
@@ -52,7 +53,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _speedups(result: dict) -> str:
-    return ", ".join(f"b{m['batch']}: {m['speedup']:.2f}x" for m in result["latency"]) or "-"
+    return ", ".join(f"{m['part'] + ' ' if 'part' in m else ''}b{m['batch']}: {m['speedup']:.2f}x"
+                     for m in result["latency"]) or "-"
 
 
 def _figures_of(result: dict, index: int, out_dir: Path, examples: int) -> list[str]:
@@ -63,9 +65,14 @@ def _figures_of(result: dict, index: int, out_dir: Path, examples: int) -> list[
     model = model_from_checkpoint(state, splits)
     indices = list(range(min(examples, len(splits.test))))
     figures = []
-    overlay = mask_overlays(model, splits.test, indices, splits.info.classes, out_dir / f"masks_{index}.png")
+    if splits.info.task == "detection":
+        overlay = detection_overlays(model, splits.test, indices, splits.info.classes, out_dir / f"masks_{index}.png")
+        caption = "where the backbone's spatial gates compute (red), objects in yellow, detections in cyan"
+    else:
+        overlay = mask_overlays(model, splits.test, indices, splits.info.classes, out_dir / f"masks_{index}.png")
+        caption = "where the spatial gates compute (red), object box in yellow"
     if overlay is not None:
-        figures.append(_img(overlay, f"{label(result)}: where the spatial gates compute (red), object box in yellow"))
+        figures.append(_img(overlay, f"{label(result)}: {caption}"))
     decisions = decision_map(model, splits.test, indices, out_dir / f"decisions_{index}.png")
     figures.append(_img(decisions, f"{label(result)}: activation rate per example and block"))
     return figures
@@ -85,9 +92,9 @@ def write_report(evals: Sequence[str | Path | dict], out_dir: str | Path, *, exa
 def _write(results: list[dict], out_dir: Path, examples: int, title: str) -> Path:
     """The page and its figures for ``results`` in the claimed ``out_dir``."""
     summary = _table(
-        ["run", "model", "dataset", "top-1 %", "MMACs", "FLOPs ratio", "kept patches on object",
-         "measured speedup (sparse vs dense)"],
-        [[label(r), r.get("model", "-"), r.get("dataset", "-"), f"{100 * r['accuracy']:.2f}",
+        ["run", "model", "dataset", " / ".join(sorted({score(r)[0] for r in results})), "MMACs", "FLOPs ratio",
+         "kept patches on objects", "measured speedup (sparse vs dense)"],
+        [[label(r), r.get("model", "-"), r.get("dataset", "-"), f"{score(r)[1]:.2f}",
           f"{r['flops'] / 1e6:.2f}", f"{r['flops_ratio']:.1%}",
           "-" if not r.get("object") else f"{r['object']['kept_on_object']:.1%} (all patches {r['object']['chance']:.1%})",
           _speedups(r)] for r in results])
@@ -99,7 +106,7 @@ def _write(results: list[dict], out_dir: Path, examples: int, title: str) -> Pat
         body.append(f"<h2>{html.escape(label(result))} — {html.escape(result.get('checkpoint', ''))}</h2>")
         kind = ("static network (no gates)" if result.get("static_run") else
                 f"paradigm {result.get('paradigm')}, granularity {result.get('granularity')}")
-        body.append(f"<p>{html.escape(kind)}; {result['test_samples']} test images, accuracy in "
+        body.append(f"<p>{html.escape(kind)}; {result['test_samples']} test images, {score(result)[0]} in "
                     f"{html.escape(result['execution'])} execution.</p>")
         body.append(_table(["block", "paradigm", "granularity", "activation rate", "MMACs", "static MMACs"],
                            [[b["name"], b["paradigm"], b["granularity"] or "-", f"{b['rate']:.3f}",
@@ -107,8 +114,8 @@ def _write(results: list[dict], out_dir: Path, examples: int, title: str) -> Pat
         if result["latency"]:
             body.append(f"<p>Latency measured on this machine ({result['latency'][0]['threads']} threads), "
                         "sparse and dense interleaved; speedup = median of per-round dense/sparse ratios.</p>")
-            body.append(_table(["batch", "dense ms", "sparse ms", "speedup", "IQR"],
-                               [[m["batch"], f"{m['dense_ms']:.2f}", f"{m['sparse_ms']:.2f}", f"{m['speedup']:.2f}x",
+            body.append(_table(["part", "input", "batch", "dense ms", "sparse ms", "speedup", "IQR"],
+                               [[m.get("part", "network"), m.get("input", "-"), m["batch"], f"{m['dense_ms']:.2f}", f"{m['sparse_ms']:.2f}", f"{m['speedup']:.2f}x",
                                  f"{m['speedup_iqr'][0]:.2f}–{m['speedup_iqr'][1]:.2f}"] for m in result["latency"]]))
         if not result.get("static_run") and examples > 0 and result.get("checkpoint"):
             body.extend(_figures_of(result, index, out_dir, examples))

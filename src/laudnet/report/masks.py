@@ -2,8 +2,10 @@
 
 :func:`mask_overlays` draws, for each example, the share of each stage's spatial blocks
 that compute every pixel over the image (red: computed by every block of the stage,
-clear: skipped by all), with the object's box when the dataset knows it.
-:func:`decision_map` shows every paradigm's per-block activation rate per example.
+clear: skipped by all), with the object's box when the dataset knows it;
+:func:`detection_overlays` does the same for a detector's backbone, with the ground-truth
+boxes and the detections. :func:`decision_map` shows every paradigm's per-block
+activation rate per example.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from ..dynamic import dynamic_blocks, stats  # noqa: E402
+from ..detection import DETECTORS  # noqa: E402
+from ..dynamic import dynamic_blocks, dynamic_networks, stats  # noqa: E402
 from ..sparse import upsample_mask  # noqa: E402
 
 
@@ -60,10 +63,19 @@ def _image(ax, image: Tensor) -> None:
     ax.set_yticks([])
 
 
-def _box(ax, box) -> None:
+def _box(ax, box, colour: str = "yellow") -> None:
     top, left, bottom, right = box
     ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                               edgecolor="yellow", linewidth=1.2))
+                               edgecolor=colour, linewidth=1.2))
+
+
+def _overlay(ax, image: Tensor, computed: Tensor) -> None:
+    """``image`` with the share of blocks that compute each pixel in red."""
+    _image(ax, image)
+    overlay = torch.zeros(*computed.shape[-2:], 4)
+    overlay[..., 0] = 1.0
+    overlay[..., 3] = 0.55 * computed.cpu()
+    ax.imshow(overlay.numpy(), interpolation="nearest")
 
 
 def mask_overlays(model: nn.Module, dataset, indices: Sequence[int], classes: Sequence[str],
@@ -86,11 +98,7 @@ def mask_overlays(model: nn.Module, dataset, indices: Sequence[int], classes: Se
         axes[row, 0].set_ylabel(f"FLOPs {ratios[row]:.0%}", fontsize=7)
         for col, stage in enumerate(stages, start=1):
             ax = axes[row, col]
-            _image(ax, images[row])
-            overlay = torch.zeros(*maps[stage].shape[-2:], 4)
-            overlay[..., 0] = 1.0
-            overlay[..., 3] = 0.55 * maps[stage][row].cpu()
-            ax.imshow(overlay.numpy(), interpolation="nearest")
+            _overlay(ax, images[row], maps[stage][row])
             if boxes is not None:
                 _box(ax, boxes(index))
             if row == 0:
@@ -101,14 +109,77 @@ def mask_overlays(model: nn.Module, dataset, indices: Sequence[int], classes: Se
     return Path(path)
 
 
-def decision_map(model: nn.Module, dataset, indices: Sequence[int], path: str | Path) -> Path:
-    """Per example (rows) and dynamic block (columns): the activation rate of the block."""
+@torch.no_grad()
+def _detect(detector: nn.Module, image: Tensor) -> tuple[dict, dict[str, Tensor]]:
+    """A detector's output for one image and, per stage, where its backbone computed,
+    cropped to the resized image (the transform pads it) and scaled back to ``image``."""
+    sizes: list = []
+    hook = detector.transform.register_forward_hook(lambda m, args, output: sizes.append(output[0].image_sizes[0]))
+    try:
+        output = detector.eval()([image.to(next(detector.parameters()).device)])[0]
+    finally:
+        hook.remove()
+    height, width = sizes[0]
+    maps = {stage: F.interpolate(m[:, None, :height, :width], size=image.shape[-2:], mode="nearest")[0, 0]
+            for stage, m in spatial_maps(dynamic_networks(detector)[0]).items()}
+    return output, maps
+
+
+def detection_overlays(detector: nn.Module, dataset, indices: Sequence[int], classes: Sequence[str],
+                       path: str | Path, score_threshold: float = 0.5) -> Path | None:
+    """Examples (rows) × [image with the detections, one overlay per spatial stage of the
+    backbone]: ground-truth boxes in yellow, detections scoring at least
+    ``score_threshold`` in cyan with their class; ``None`` if the backbone has no spatial
+    gate."""
+    examples = [(dataset[i], *_detect(detector, dataset[i][0])) for i in indices]
+    stages = list(examples[0][2]) if examples else []
+    if not stages:
+        return None
+    fig, axes = plt.subplots(len(indices), 1 + len(stages), figsize=(2.4 * (1 + len(stages)), 2.4 * len(indices)),
+                             squeeze=False)
+    for row, ((image, target), output, maps) in enumerate(examples):
+        kept = output["scores"] >= score_threshold
+        for col in range(1 + len(stages)):
+            ax = axes[row, col]
+            if col == 0:
+                _image(ax, image)
+                ax.set_title(f"{int(kept.sum())} detections, {len(target['boxes'])} objects", fontsize=7)
+            else:
+                _overlay(ax, image, maps[stages[col - 1]])
+                if row == 0:
+                    ax.set_title(f"{stages[col - 1]}: computed", fontsize=7)
+            for x1, y1, x2, y2 in target["boxes"].tolist():
+                _box(ax, (y1, x1, y2, x2))
+            for (x1, y1, x2, y2), label in zip(output["boxes"][kept].tolist(), output["labels"][kept].tolist()):
+                _box(ax, (y1, x1, y2, x2), "cyan")
+                if col == 0:
+                    ax.text(x1, y1, classes[label - 1], color="cyan", fontsize=6, va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _example_rates(model: nn.Module, dataset, indices: Sequence[int]) -> tuple[list[str], Tensor]:
+    """Block names and the activation rate of each block on each example ``(N, blocks)``;
+    a detector runs one image at a time (its images differ in size)."""
+    if isinstance(model, DETECTORS):
+        rates = []
+        for i in indices:
+            _detect(model, dataset[i][0])
+            rates.append(torch.stack([b.rate.float().cpu()[0] for b in stats(model).blocks]))
+        return [b.name for b in stats(model).blocks], torch.stack(rates)
     _run(model, dataset, indices)
     s = stats(model)
-    rates = torch.stack([b.rate.float().cpu() for b in s.blocks], dim=1)
+    return [b.name for b in s.blocks], torch.stack([b.rate.float().cpu() for b in s.blocks], dim=1)
+
+
+def decision_map(model: nn.Module, dataset, indices: Sequence[int], path: str | Path) -> Path:
+    """Per example (rows) and dynamic block (columns): the activation rate of the block."""
+    names, rates = _example_rates(model, dataset, indices)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * rates.shape[1] + 1.5), 0.3 * rates.shape[0] + 1.6))
     shown = ax.imshow(rates.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(rates.shape[1]), [b.name for b in s.blocks], rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(range(rates.shape[1]), names, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(indices)), [f"#{i}" for i in indices], fontsize=7)
     ax.set_title("Activation rate per example and block", fontsize=9)
     fig.colorbar(shown, ax=ax, fraction=0.04)

@@ -1,4 +1,5 @@
-"""Plots of evaluations: accuracy against FLOPs and per-block activation rates (PNG)."""
+"""Plots of evaluations: accuracy (or a detector's AP) against FLOPs and per-block
+activation rates (PNG)."""
 
 from __future__ import annotations
 
@@ -21,17 +22,25 @@ def label(result: dict) -> str:
     return f"{name} @ {result['target']:.0%}" if result.get("target") else name
 
 
+def score(result: dict) -> tuple[str, float]:
+    """The headline figure of an evaluation, in percent: top-1 accuracy, or a detector's box AP."""
+    if result.get("task") == "detection":
+        return "box AP", 100 * result["AP"]
+    return "top-1 %", 100 * result["accuracy"]
+
+
 def accuracy_vs_flops(results: Sequence[dict], path: str | Path) -> Path:
-    """Top-1 accuracy against MMACs per image, one point per evaluation."""
+    """Top-1 accuracy (box AP for detectors) against MMACs per image, one point per evaluation."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for result in results:
-        x, y = result["flops"] / 1e6, 100 * result["accuracy"]
+        x, y = result["flops"] / 1e6, score(result)[1]
         marker = "s" if result.get("static_run") else "o"
         ax.scatter([x], [y], s=60, marker=marker, zorder=3)
         ax.annotate(label(result), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xlabel("MMACs per image (what sparse execution runs)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy against FLOPs")
+    name = score(results[0])[0] if results else "top-1 %"
+    ax.set_ylabel(name if name != "top-1 %" else "top-1 accuracy (%)")
+    ax.set_title(f"{'Box AP' if name == 'box AP' else 'Accuracy'} against FLOPs")
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     fig.tight_layout()

@@ -1,8 +1,9 @@
 """The training loop: a static teacher first, then a dynamic student with a budget.
 
-One step minimises ``CE + λ × budget + α × KD``: cross-entropy, the FLOPs budget of the
-gates (:func:`flops_budget_loss`) and distillation from the static teacher
-(:func:`distillation_loss`, temperature 4). The Gumbel temperature anneals over the run;
+One step minimises ``L + λ × budget + α × KD``: the task's loss (cross-entropy for
+classification; the detector's losses for detection), the FLOPs budget of the gates
+(:func:`flops_budget_loss`) and distillation from the static teacher (its logits, or a
+detector's FPN features; :mod:`.tasks`). The Gumbel temperature anneals over the run;
 the learning rate warms up linearly, then follows a cosine; the gates have their own
 learning-rate multiplier and no weight decay. A *static* run (``TrainConfig.static``)
 trains the same network without gates: that is the teacher (and, given a teacher, the
@@ -27,22 +28,21 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
 from .. import checks
 from ..checkpoint import CHECKPOINT, RunSpec, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from ..data.build import DataSplits
-from ..data.loaders import eval_loader, train_loader
-from ..distributed import Context, all_reduce_sum, barrier, broadcast_buffers, wrap
+from ..distributed import Context, all_reduce_sum, barrier, wrap
 from ..dynamic import gate_parameters, set_execution, stats
 from ..errors import NonFiniteError
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
-from ..metrics import accumulate
+from ..measure.drift import reference_ms
 from ..models.weights import backbone_state_dict, load_backbone
 from ..outputs import check_directory, claim
-from .losses import budget_loss, check_budget, distillation_loss
+from .losses import budget_loss, check_budget
 from .runlog import RunLog
+from .tasks import Classification, Task, task_of, to_device
 
 OPTIMIZERS = ("sgd", "adamw")
 logger = logging.getLogger("laudnet")
@@ -161,18 +161,34 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def shared_reference(context: Context) -> Callable[[], float]:
+    """The drift reference (:func:`laudnet.measure.drift.reference_ms`) timed on rank 0 only
+    and shared with the other ranks, so that every rank rescales the latency profile alike
+    and the ranks' timings do not disturb each other."""
+    def measure() -> float:
+        value = reference_ms() if context.is_main else 0.0
+        shared = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=context.device), context)
+        return float(shared[0])
+
+    return measure
+
+
 class Trainer:
     """One model's optimisation state and its training step.
 
     ``model`` is the bare network (it is wrapped for distributed training here); the
-    ``teacher``, if any, runs in static execution without gradients.
+    ``teacher``, if any, runs in static execution without gradients; ``task`` says what
+    the loss and the validation are (classification by default).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
-                 teacher: nn.Module | None = None, context: Context = Context()) -> None:
+                 teacher: nn.Module | None = None, context: Context = Context(),
+                 task: Task = Classification()) -> None:
+        self.task = task
         self.net = model.to(context.device)
         self.budget = None if config.static else budget_loss(config.target, config.budget_ms, config.hardware,
-                                                             config.budget_batch_size)
+                                                             config.budget_batch_size, shared_reference(context),
+                                                             report=context.is_main)
         self.config = config
         self.context = context
         set_execution(self.net, "static" if config.static else "masked")
@@ -191,33 +207,28 @@ class Trainer:
     def progress(self) -> float:
         return self.steps / self.total_steps
 
-    def step(self, images: Tensor, labels: Tensor) -> dict[str, float]:
-        """One optimisation step; returns the loss terms, batch accuracy and FLOPs ratio
-        (averaged over the ranks). Raises :class:`NonFiniteError` before applying a step
-        whose loss is not finite, and after one that made a weight or statistic non-finite."""
-        config, device = self.config, self.context.device
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    def step(self, inputs, targets) -> dict[str, float]:
+        """One optimisation step; returns the loss terms (``ce`` is the task's loss), the
+        FLOPs ratio and the task's own figures (batch accuracy; each detection loss),
+        averaged over the ranks. Raises
+        :class:`NonFiniteError` before applying a step whose loss is not finite, and after
+        one that made a weight or statistic non-finite."""
+        config = self.config
+        inputs, targets = to_device(inputs, targets, self.context.device)
         self.model.train()
         if not config.static:
             set_temperature(self.net, self.tau(self.progress))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = self.model(images)
-            teacher_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images)
-        ce = F.cross_entropy(logits.float(), labels)
-        zero = ce.new_zeros(())
-        budget, kd, flops_ratio = zero, zero, ce.new_ones(())
+        with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            ce, kd, extra = self.task.losses(self.model, self.net, self.teacher, inputs, targets,
+                                                config.distill_temperature)
+        budget, flops_ratio = ce.new_zeros(()), ce.new_ones(())
         if not config.static:
             relax = self.progress / config.bound_warmup if config.bound_warmup > 0 else 1.0
             budget = self.budget(self.net, relax)
             flops_ratio = ce.new_tensor(stats(self.net).flops_ratio)
-        if teacher_logits is not None:
-            kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
         loss = ce + config.budget_weight * budget + config.distill_weight * kd
-        accuracy = (logits.argmax(1) == labels).float().mean()
-        values = torch.stack([loss, ce, budget, kd, accuracy, flops_ratio]).detach().float()
+        names = ("loss", "ce", "budget", "kd", "flops_ratio", *extra)
+        values = torch.stack([loss, ce, budget, kd, flops_ratio, *extra.values()]).detach().float()
         values = all_reduce_sum(values, self.context) / self.context.world_size
         if not torch.isfinite(values[0]):
             raise NonFiniteError(f"loss is {float(values[0])} at step {self.steps + 1}")
@@ -229,7 +240,6 @@ class Trainer:
         self.scheduler.step()
         self.steps += 1
         self.check_finite()
-        names = ("loss", "ce", "budget", "kd", "accuracy", "flops_ratio")
         return dict(zip(names, values.tolist()))
 
     @torch.no_grad()
@@ -247,12 +257,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
-        """Top-1 accuracy and mean FLOPs ratio on ``loader`` (each rank evaluates its
-        share; the counts are summed), in eval mode and the training execution (the gates
-        decide deterministically)."""
-        broadcast_buffers(self.net, self.context)
-        totals = accumulate(self.net, loader, self.context.device).reduce(self.context)
-        return {"val_accuracy": totals.accuracy, "val_flops_ratio": totals.flops_ratio}
+        """The task's score (``val_accuracy``, ``val_AP``) and mean FLOPs ratio on
+        ``loader``, in eval mode and the training execution (the gates decide
+        deterministically)."""
+        return self.task.validate(self.net, loader, self.context)
 
     def state_dict(self) -> dict:
         return {"state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -317,11 +325,9 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
         elif previous is None and context.is_main:
             logger.warning(f"the teacher {spec.teacher} is a {teacher_spec.model}, the student a {spec.model}: the "
                            "student starts from random weights; the teacher is used for distillation only")
-    loader = train_loader(splits.train, config.batch_size, seed=config.seed, rank=context.rank,
-                          world_size=context.world_size, workers=workers)
-    val = eval_loader(splits.test, config.batch_size, rank=context.rank, world_size=context.world_size,
-                      workers=workers)
-    trainer = Trainer(model, config, len(loader), teacher, context)
+    task = task_of(splits.info.task)
+    loader, val = task.loaders(splits.train, splits.test, config.batch_size, config.seed, context, workers)
+    trainer = Trainer(model, config, len(loader), teacher, context, task)
     history: list[dict] = []
     start_epoch = 0
     if previous is not None:
@@ -336,9 +342,9 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
             started = time.perf_counter()
             sums: dict[str, float] = {}
             bar = _progress(loader, config, context, f"epoch {epoch + 1}/{config.epochs}")
-            for images, labels in bar:
+            for inputs, targets in bar:
                 try:
-                    metrics = trainer.step(images, labels)
+                    metrics = trainer.step(inputs, targets)
                 except NonFiniteError as error:
                     raise _stopped(error, epoch, checkpoint_path) from None
                 for key, value in metrics.items():
@@ -348,8 +354,7 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
                            "tau": trainer.tau(trainer.progress), **metrics}
                     log.step(row)
                     if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                                        flops=f"{metrics['flops_ratio']:.2f}")
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", flops=f"{metrics['flops_ratio']:.2f}")
             count = max(1, len(loader))
             row = {"epoch": epoch + 1, "step": trainer.steps, **{k: v / count for k, v in sums.items()},
                    **trainer.validate(val), "seconds": time.perf_counter() - started}
@@ -363,8 +368,9 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
                 save_checkpoint(checkpoint_path, {**state, **trainer.state_dict(), "epoch": epoch + 1,
                                                   "history": history})
                 if config.progress_bar:
-                    print(f"epoch {epoch + 1}: train loss {row['loss']:.3f}, val accuracy "
-                          f"{row['val_accuracy']:.4f}, FLOPs ratio {row['val_flops_ratio']:.3f}", flush=True)
+                    score = task.score
+                    print(f"epoch {epoch + 1}: train loss {row['loss']:.3f}, val {score} "
+                          f"{row['val_' + score]:.4f}, FLOPs ratio {row['val_flops_ratio']:.3f}", flush=True)
             barrier(context)
     finally:
         log.close()

@@ -13,7 +13,7 @@ from .. import checks
 from ..dynamic import dynamic_blocks, network_macs
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.table import latency_table
-from ..measure.drift import rescale_for_drift
+from ..measure.drift import reference_ms, rescale_for_drift
 
 logger = logging.getLogger("laudnet")
 
@@ -71,18 +71,19 @@ def check_budget(target: float = 0.5, budget_ms: float | None = None, hardware: 
 
 
 def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
-                batch_size: int = 1) -> Callable[[nn.Module, float], Tensor]:
+                batch_size: int = 1, measure: Callable[[], float] = reference_ms,
+                report: bool = True) -> Callable[[nn.Module, float], Tensor]:
     """The compute budget a training loop adds to its loss, as ``loss(model, progress)``:
     :func:`flops_budget_loss` at the FLOPs ratio ``target``, or with ``budget_ms``,
     :func:`latency_budget_loss` on ``hardware`` for batches of ``batch_size`` (the
     ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``),
-    its calibrated profile rescaled to this machine's speed now (:mod:`laudnet.measure.drift`,
-    reported)."""
+    its calibrated profile rescaled to this machine's speed now (:mod:`laudnet.measure.drift`:
+    ``measure`` times the reference; the finding is logged when ``report``)."""
     hw = check_budget(target, budget_ms, hardware, batch_size)
     if hw is None:
         return lambda model, progress: flops_budget_loss(model, target, progress)
-    hw, drift = rescale_for_drift(hw)
-    if drift is not None:
+    hw, drift = rescale_for_drift(hw, measure)
+    if drift is not None and report:
         logger.warning(drift)
     return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
 

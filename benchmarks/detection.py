@@ -1,0 +1,158 @@
+"""Dynamic detectors against the static one: COCO AP on the test split, and measured speed of
+the backbone and of the whole detector on square images, batch 1.
+
+    python benchmarks/detection.py --static runs/det-static --dynamic runs/det-spatial \
+        --out benchmarks/results/detection [--size 512] [--images 8] [--repeats 15]
+
+Accuracy: each checkpoint on its test split (dynamic ones in sparse execution), with the
+backbone's FLOPs ratio and the share of kept patches that fall on objects. Speed: ``--images``
+test scenes drawn on ``--size`` square canvases (same seed and object scale as the test
+split), resized to exactly that size. The sparse backbone, with the gates it learned, runs
+every image once per round; each dense baseline (the static ResNet body with the same
+weights in torch eager NCHW, channels-last, ONNX Runtime and OpenVINO) as many times, all
+interleaved in one process (shuffled, a 20 ms idle gap before each call); the speedup is the
+median per-round ratio with its interquartile range. The whole detector is timed sparse
+against dense eager at batch 1, and at batch 2 with two sizes in one padded batch. Timings
+are measured, never asserted.
+"""
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models._utils import IntermediateLayerGetter
+
+import laudnet
+from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.data import ShapesDetection
+from laudnet.dynamic import dynamic_networks
+from laudnet.evaluate import evaluate_detection
+from laudnet.measure import interleaved, ratio
+from laudnet.measure.bench import machine_description
+from laudnet.measure.runtimes import dense_baselines
+
+
+def accuracy_row(checkpoint: str) -> dict:
+    """AP, backbone FLOPs and where the masks fall, on the checkpoint's test split."""
+    state = load_checkpoint(checkpoint)
+    splits = RunSpec(**state["spec"]).datasets()
+    model = model_from_checkpoint(state, splits)
+    result = evaluate_detection(model, splits.test, latency_batches=())
+    return {"run": checkpoint, "static": state["config"]["static"], "execution": result["execution"],
+            "epochs": state["epoch"], **result["coco"]["bbox"], "flops_ratio": result["flops_ratio"],
+            "object": result["object"]}
+
+
+def static_body(body: torch.nn.Module) -> torch.nn.Module:
+    """The torchvision ResNet-18 body holding ``body``'s weights: the dense reference."""
+    reference = IntermediateLayerGetter(torchvision.models.resnet18(), dict(body.return_layers))
+    reference.load_state_dict(laudnet.backbone_state_dict(body))
+    return reference.eval()
+
+
+def scenes(state: dict, size: int, count: int) -> list[torch.Tensor]:
+    """``count`` test scenes of the checkpoint's data on ``size``-pixel square canvases."""
+    test_seed = 2 * state["spec"]["data_seed"] + 1
+    data = ShapesDetection(count, size, seed=test_seed)
+    return [data[i][0] for i in range(count)]
+
+
+def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dict]:
+    """Backbone and detector speed of one dynamic checkpoint (see the module docstring)."""
+    state = load_checkpoint(checkpoint)
+    detector = model_from_checkpoint(state).eval()
+    detector.transform.min_size, detector.transform.max_size = (size,), size
+    images = scenes(state, size, count)
+    with torch.no_grad():
+        inputs = [detector.transform([image])[0].tensors for image in images]
+    body = dynamic_networks(detector)[0]
+    sparse_body = laudnet.set_execution(copy.deepcopy(body), "sparse").eval()
+    dense = dense_baselines(static_body(body), inputs[0])
+    candidates = {name: (lambda call=call: [call() for _ in inputs]) for name, call in dense.items()}
+    candidates["sparse"] = lambda: [sparse_body(x) for x in inputs]
+    rates = []
+    with torch.no_grad():
+        for x in inputs:
+            sparse_body(x)
+            rates.append(laudnet.stats(sparse_body).flops_ratio)
+        timings = interleaved(candidates, repeats=repeats, warmup=1, gap=0.02)
+    fastest = min(dense, key=lambda name: timings[name].median_ms)
+    rows = []
+    for name in dense:
+        speedup = ratio(timings, name, "sparse")
+        rows.append({"run": checkpoint, "part": "backbone", "input": f"1x3x{size}x{size}", "baseline": name,
+                     "fastest": name == fastest, "dense_ms": timings[name].median_ms / count,
+                     "sparse_ms": timings["sparse"].median_ms / count, "speedup": speedup.median,
+                     "speedup_iqr": list(speedup.spread), "flops_ratio": sum(rates) / count})
+    rows += detector_rows(checkpoint, detector, images, repeats)
+    return rows
+
+
+def detector_rows(checkpoint: str, detector: torch.nn.Module, images: list[torch.Tensor], repeats: int) -> list[dict]:
+    """The whole detector, sparse against dense eager: batch 1 over every image, and batch 2
+    pairing each square image with a 3/4-height crop of the next (one padded batch)."""
+    sparse = laudnet.set_execution(copy.deepcopy(detector), "sparse").eval()
+    dense = laudnet.set_execution(copy.deepcopy(detector), "static").eval()
+    size = images[0].shape[-1]
+    pairs = [[images[i], images[(i + 1) % len(images)][:, : 3 * size // 4]] for i in range(0, len(images), 2)]
+    rows = []
+    for batch, inputs in ((1, [[image] for image in images]), (2, pairs)):
+        with torch.no_grad():
+            timings = interleaved({"dense": lambda: [dense(x) for x in inputs],
+                                   "sparse": lambda: [sparse(x) for x in inputs]}, repeats=repeats, warmup=1, gap=0.02)
+        speedup = ratio(timings, "dense", "sparse")
+        shapes = " + ".join("x".join(map(str, image.shape[-2:])) for image in inputs[0])
+        rows.append({"run": checkpoint, "part": "detector", "input": f"{batch}: {shapes}", "baseline": "eager",
+                     "fastest": True, "dense_ms": timings["dense"].median_ms / len(inputs),
+                     "sparse_ms": timings["sparse"].median_ms / len(inputs), "speedup": speedup.median,
+                     "speedup_iqr": list(speedup.spread), "flops_ratio": None})
+    return rows
+
+
+def markdown(accuracy: list[dict], speed: list[dict], machine: str) -> str:
+    lines = [f"Machine: {machine}", "", "| run | execution | epochs | AP | AP50 | AP75 | APs | APm | APl | "
+             "backbone FLOPs | kept patches on objects (all patches) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in accuracy:
+        share = "-" if not r["object"] or r["static"] else \
+            f"{r['object']['kept_on_object']:.1%} ({r['object']['chance']:.1%})"
+        lines.append(f"| {r['run']} | {r['execution']} | {r['epochs']} | " + " | ".join(
+            f"{100 * r[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+            + f" | {r['flops_ratio']:.1%} | {share} |")
+    lines += ["", "| run | part | input | dense baseline | dense ms | sparse ms | speedup (median) | IQR | FLOPs |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in speed:
+        baseline = f"**{r['baseline']}**" if r["fastest"] else r["baseline"]
+        flops = "-" if r["flops_ratio"] is None else f"{r['flops_ratio']:.1%}"
+        lines.append(f"| {r['run']} | {r['part']} | {r['input']} | {baseline} | {r['dense_ms']:.1f} | "
+                     f"{r['sparse_ms']:.1f} | {r['speedup']:.2f}x | {r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f} "
+                     f"| {flops} |")
+    lines += ["", "Bold: the fastest dense baseline of the backbone. Detector rows: dense = the same detector in "
+              "static execution (torch eager)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--static", nargs="*", default=[], help="static detector checkpoints (accuracy only)")
+    parser.add_argument("--dynamic", nargs="+", required=True, help="dynamic detector checkpoints")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detection"))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    machine = machine_description()
+    accuracy = [] if args.skip_accuracy else [accuracy_row(c) for c in [*args.static, *args.dynamic]]
+    speed = [row for c in args.dynamic for row in speed_rows(c, args.size, args.images, args.repeats)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "detection.json").write_text(json.dumps({"machine": machine, "accuracy": accuracy, "speed": speed},
+                                                        indent=2) + "\n")
+    (args.out / "detection.md").write_text(markdown(accuracy, speed, machine))
+    print(markdown(accuracy, speed, machine))
+
+
+if __name__ == "__main__":
+    main()

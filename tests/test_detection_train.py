@@ -1,0 +1,124 @@
+"""Training and evaluating detectors with a dynamic backbone: the detection datasets by
+name, FPN-feature distillation, and train → eval → report from the command line."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+
+import laudnet
+from laudnet.cli import main
+from laudnet.data import ShapesDetection, build_datasets, write_coco
+from laudnet.detection import METRICS, create_detector
+from laudnet.errors import DataError
+from laudnet.train.tasks import Detection, feature_mse
+
+
+def test_shapes_detection_by_name_has_mixed_sizes_and_disjoint_splits():
+    splits = build_datasets("shapes-detection", image_size=80, train_size=6, test_size=3, seed=1)
+    info = splits.info
+    assert (info.task, info.num_classes, info.in_channels, info.image_size) == ("detection", 9, 3, 80)
+    assert info.classes == ShapesDetection.CLASSES and (len(splits.train), len(splits.test)) == (6, 3)
+    sizes = {tuple(splits.train[i][0].shape[-2:]) for i in range(6)}
+    assert len(sizes) > 1 and all(64 <= s <= 96 for size in sizes for s in size)
+    assert not torch.equal(splits.train[0][0], splits.test[0][0])
+    with pytest.raises(ValueError, match="shapes-detection needs an image size of at least 64, got 40"):
+        build_datasets("shapes-detection", image_size=40)
+
+
+def test_coco_by_name_reads_the_documented_layout(tmp_path):
+    for split, seed in (("train", 0), ("val", 1)):
+        write_coco(ShapesDetection(3, size=(48, 64), seed=seed), tmp_path / "annotations" / f"instances_{split}.json",
+                   tmp_path / split)
+    splits = build_datasets("coco", tmp_path, test_size=2)
+    assert splits.info.task == "detection" and splits.info.image_size == 512
+    assert splits.info.classes == ShapesDetection.CLASSES  # every category, even those without objects
+    assert len(splits.train) == 3 and len(splits.test) == 2
+    image, target = splits.test[0]
+    assert image.shape[0] == 3 and target["boxes"].shape[1] == 4
+
+    with pytest.raises(ValueError, match="dataset coco needs --data ROOT holding annotations/instances_train.json"):
+        build_datasets("coco")
+    (tmp_path / "annotations" / "instances_val.json").unlink()
+    with pytest.raises(DataError, match="COCO annotations file .*instances_val.json not found"):
+        build_datasets("coco", tmp_path)
+
+
+def test_detection_data_needs_a_detector():
+    spec = laudnet.train.RunSpec(model="resnet18", dataset="shapes-detection", image_size=64, train_size=2,
+                                 test_size=1)
+    with pytest.raises(ValueError, match="shapes-detection is a detection dataset and 'resnet18' not a detector; "
+                                         "allowed: fasterrcnn_resnet18_fpn"):
+        spec.build_model()
+
+
+def test_feature_distillation_is_zero_for_the_teacher_itself_and_trains_the_body():
+    teacher = create_detector("fasterrcnn_resnet18_fpn", paradigm="spatial", num_classes=9, min_size=64,
+                              max_size=96).eval()
+    laudnet.set_execution(teacher, "static")
+    student = copy.deepcopy(teacher).train()
+    laudnet.set_execution(student, "masked")
+    dataset = ShapesDetection(2, size=64)  # one size: no padding (which the student's gates would skip)
+    images, targets = zip(*[dataset[i] for i in range(2)])
+    task = Detection()
+    laudnet.set_decisions(student, rate=1.0)  # every gate open: the student computes what the teacher does
+    for module in student.modules():  # batch statistics would differ from the teacher's running ones
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    _, kd, _ = task.losses(student, student, teacher, list(images), list(targets), 1.0)
+    assert float(kd) == pytest.approx(0.0, abs=1e-10)
+
+    laudnet.clear_decisions(student)
+    student.train()
+    loss, kd, parts = task.losses(student, student, teacher, list(images), list(targets), 1.0)
+    assert set(parts) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert float(loss) == pytest.approx(float(sum(parts.values())))
+    assert float(kd) > 0
+    kd.backward()
+    assert student.backbone.body.layer2[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_feature_distillation_leaves_out_the_padding():
+    student, teacher = torch.zeros(2, 4, 8, 10), torch.zeros(2, 4, 8, 10)
+    teacher[1, :, :, 5:] = 3.0  # image 1 covers the left half of the padded 32x40 batch
+    assert float(feature_mse(student, teacher, [(32, 40), (32, 20)], (32, 40))) == 0.0
+    teacher[1, :, :, 4] = 2.0
+    assert float(feature_mse(student, teacher, [(32, 40), (32, 20)], (32, 40))) == pytest.approx(4.0 * 8 / (80 + 40))
+
+
+def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
+    data = ["--dataset", "shapes-detection", "--model", "fasterrcnn_resnet18_fpn", "--image-size", "64",
+            "--train-size", "4", "--test-size", "2", "--batch-size", "2", "--epochs", "1", "--lr", "0.01",
+            "--no-progress", "--no-tensorboard"]
+    assert main(["train", "--static", "--out", str(tmp_path / "t"), *data]) == 0
+    assert main(["train", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s"), *data]) == 0
+    with open(tmp_path / "s" / "epochs.csv") as f:
+        epoch = next(csv.DictReader(f))
+    assert float(epoch["kd"]) > 0 and 0 <= float(epoch["val_AP"]) <= 1 and float(epoch["val_flops_ratio"]) > 0
+    assert "loss_objectness" in epoch
+
+    assert main(["eval", str(tmp_path / "s"), "--latency-batch", "1", "--latency-size", "64,96",
+                 "--repeats", "2"]) == 0
+    assert main(["eval", str(tmp_path / "t")]) == 0
+    result = json.loads((tmp_path / "s" / "eval.json").read_text())
+    assert result["task"] == "detection" and result["execution"] == "sparse" and result["test_samples"] == 2
+    assert list(result["coco"]["bbox"]) == list(METRICS) and result["AP"] == result["coco"]["bbox"]["AP"]
+    assert len(result["blocks"]) == 8 and 0 < result["flops_ratio"] < 1.5 and result["object"] is not None
+    assert [(m["part"], m["size"], m["batch"]) for m in result["latency"]] == [
+        ("backbone", 64, 1), ("detector", 64, 1), ("backbone", 96, 1), ("detector", 96, 1)]
+    assert result["latency"][2]["input"].startswith("1x3x96x")
+    assert "COCO bbox: AP" in (tmp_path / "s" / "eval.md").read_text()
+    assert json.loads((tmp_path / "t" / "eval.json").read_text())["latency"] == []
+
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "r"),
+                 "--examples", "2"]) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count("data:image/png;base64") == 4  # AP/FLOPs, rates, masks with boxes, decisions
+    assert "box AP" in page and "detections in cyan" in page
+    capsys.readouterr()
+
+    code = main(["eval", str(tmp_path / "s"), "--hardware", "v100"])
+    assert code == 2 and "predicted latency on hardware profiles covers classifiers" in capsys.readouterr().err
