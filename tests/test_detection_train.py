@@ -90,7 +90,7 @@ def test_feature_distillation_leaves_out_the_padding():
 
 
 def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
-    data = ["--dataset", "shapes-detection", "--model", "fasterrcnn_resnet18_fpn", "--image-size", "64",
+    data = ["--dataset", "shapes-detection", "--task", "detection", "--image-size", "64",
             "--train-size", "4", "--test-size", "2", "--batch-size", "2", "--epochs", "1", "--lr", "0.01",
             "--no-progress", "--no-tensorboard"]
     assert main(["train", "--static", "--out", str(tmp_path / "t"), *data]) == 0
@@ -122,3 +122,6 @@ def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
 
     code = main(["eval", str(tmp_path / "s"), "--hardware", "v100"])
     assert code == 2 and "predicted latency on hardware profiles covers classifiers" in capsys.readouterr().err
+    code = main(["train", "--task", "detection", "--out", str(tmp_path / "x")])
+    assert code == 2 and ("--task detection does not fit --dataset cluttered, a classification dataset; detection "
+                          "datasets: shapes-detection, coco") in capsys.readouterr().err

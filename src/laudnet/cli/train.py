@@ -7,7 +7,7 @@ import argparse
 
 from .. import checks, distributed
 from ..checkpoint import RunSpec
-from ..data.build import DATASETS
+from ..data.build import DATASETS, DETECTION_DATASETS, TASKS
 from ..demo import run_demo as demo
 from ..evaluate import evaluate_checkpoint, summary_markdown
 from ..latency.hardware import load_hardware
@@ -16,6 +16,7 @@ from ..train.loop import TrainConfig, resume, train
 from .arguments import name_list, positive_int_list
 
 DEFAULTS = TrainConfig()
+DEFAULT_MODELS = {"classification": "cifar_resnet20", "detection": "fasterrcnn_resnet18_fpn"}
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +34,10 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
                     "(of the logits; for detectors, of the FPN features). "
                     "Under torchrun the run is distributed (gloo on CPU, NCCL on GPU).")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="cluttered", choices=DATASETS, help="default: %(default)s (embedded)")
+    data.add_argument("--dataset", default="cluttered", choices=DATASETS,
+                      help="default: %(default)s (embedded); detection: shapes-detection (embedded), coco")
+    data.add_argument("--task", choices=TASKS, help="classification or detection: the dataset's task, "
+                                                    "checked against --dataset (default: the dataset's)")
     data.add_argument("--data", metavar="PATH", help="where the dataset's files are")
     data.add_argument("--image-size", type=int, help="canvas side (cluttered: 64, fashion-mnist-placed: 56); "
                                                       "detection: the short side images are resized to "
@@ -42,9 +46,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--test-size", type=int, help="use the first N test images")
     data.add_argument("--data-seed", type=int, default=0, help="seed of procedural data and placements")
     model = p.add_argument_group("model")
-    model.add_argument("--model", default="cifar_resnet20",
-                       help="a name of laudnet.list_models() (default: %(default)s), or for a detection dataset "
-                            "one of laudnet.detection.list_detectors(), e.g. fasterrcnn_resnet18_fpn")
+    model.add_argument("--model", help="a name of laudnet.list_models() (default: cifar_resnet20), or for a "
+                                       "detection dataset one of laudnet.detection.list_detectors() (default: "
+                                       "fasterrcnn_resnet18_fpn)")
     model.add_argument("--paradigm", help="per-stage paradigm, e.g. spatial or spatial-channel-layer "
                                           "(default: spatial; none with --static)")
     model.add_argument("--granularity", help="per-stage patch side / channel group, e.g. 8-4-2")
@@ -116,7 +120,12 @@ def run_train(args: argparse.Namespace) -> None:
             checkpoint = resume(args.resume, context, args.workers)
         else:
             paradigm = args.paradigm or ("none" if args.static else "spatial")
-            spec = RunSpec(model=args.model, paradigm=paradigm, granularity=args.granularity,
+            task = "detection" if args.dataset in DETECTION_DATASETS else "classification"
+            if args.task not in (None, task):
+                raise ValueError(f"--task {args.task} does not fit --dataset {args.dataset}, a {task} dataset; "
+                                 f"detection datasets: {', '.join(DETECTION_DATASETS)}")
+            model_name = args.model or DEFAULT_MODELS[task]
+            spec = RunSpec(model=model_name, paradigm=paradigm, granularity=args.granularity,
                            gate_scale=args.gate_scale, dataset=args.dataset, data=args.data,
                            image_size=args.image_size, train_size=args.train_size, test_size=args.test_size,
                            data_seed=args.data_seed, teacher=args.teacher)

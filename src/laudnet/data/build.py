@@ -18,6 +18,7 @@ DATASETS = ("cluttered", "fashion-mnist", "fashion-mnist-placed", "cifar10", "ci
 DETECTION_DATASETS = ("shapes-detection", "coco")
 """Datasets of images with boxes and instance masks (the detection task)."""
 TASKS = ("classification", "detection")
+"""What a dataset trains: labels per image, or boxes and masks per object."""
 
 
 @dataclass(frozen=True)
