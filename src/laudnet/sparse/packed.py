@@ -88,8 +88,8 @@ def _bucket(m: int) -> int:
 class PackedConv:
     """``act(norm(conv(x)) [+ residual])`` on whole channels-last maps (:meth:`map`) or on
     gathered ``(m, k², C_in)`` taps (:meth:`rows`). Standard convolutions on taps are one
-    GEMM, depthwise ones a sum of per-tap products over channels, grouped ones a batched
-    GEMM over groups."""
+    GEMM, depthwise ones a sum of per-tap products over channels (or, on oneDNN, a
+    ``1 × k²`` depthwise convolution over the taps), grouped ones a batched GEMM over groups."""
 
     def __init__(self, conv: nn.Conv2d, norm: nn.Module) -> None:
         weight = conv.weight.detach()
@@ -198,6 +198,26 @@ class PackedConv:
             run = self._chosen[memo] = runs[backend]
         return run(operand, act, residual)
 
+    def _depthwise_aten(self, taps: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        """Depthwise on gathered taps ``(m, k², C)``: the sum over the taps of tap × weight,
+        channel by channel."""
+        h = self.bias.expand(taps.shape[0], -1).clone()
+        for k in range(taps.shape[1]):
+            h.addcmul_(taps[:, k], self.matrix[k])  # the only in-place addcmul: MACs counted by it
+        if residual is not None:
+            h.add_(residual)
+        return _activate(h, act)
+
+    def _depthwise_onednn(self, taps: Tensor, act: Activation, residual: Tensor | None) -> Tensor:
+        """The same sum as one oneDNN call: the taps, laid out as a ``1 × m × k²`` channels-last
+        map, convolved by a ``1 × k²`` depthwise kernel (bias, residual and activation fused)."""
+        m, k2, channels = taps.shape
+        rows_map = taps.reshape(1, m, k2, channels).permute(0, 3, 1, 2)
+        weight = self.weight.reshape(channels, 1, 1, k2)
+        added = None if residual is None else residual.reshape(1, m, 1, channels).permute(0, 3, 1, 2)
+        out = self._onednn(rows_map, weight, ([0, 0], [1, 1], [1, 1], channels), act, added)
+        return out.permute(0, 2, 3, 1).reshape(m, channels)
+
     # ----------------------------------------------------------------- operators
     def map(self, x: Tensor, act: Activation = None, residual: Tensor | None = None) -> Tensor:
         """``act(conv(x) + bias [+ residual])`` on a whole ``(B, C_in, H, W)`` channels-last
@@ -229,14 +249,12 @@ class PackedConv:
         m = taps.shape[0]
         if self.groups == 1:
             return self.gemm(taps.reshape(m, -1), act, residual, fixed_rows)
-        if self.depthwise:  # sum over the k² taps of tap × weight, channel by channel
-            h = self.bias.expand(m, -1).clone()
-            for k in range(taps.shape[1]):
-                h.addcmul_(taps[:, k], self.matrix[k])  # the only in-place addcmul: MACs counted by it
-        else:
-            g = self.groups
-            grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
-            h = torch.baddbmm(self.bias.view(g, 1, -1), grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
+        if self.depthwise:
+            return self._run("depthwise", (_bucket(m), taps.shape[1]), taps, act, residual, self._depthwise_aten,
+                             self._depthwise_onednn)
+        g = self.groups
+        grouped = taps.view(m, taps.shape[1], g, -1).permute(2, 0, 1, 3).reshape(g, m, -1)
+        h = torch.baddbmm(self.bias.view(g, 1, -1), grouped, self.matrix).permute(1, 0, 2).reshape(m, -1)
         if residual is not None:
             h.add_(residual)
         return _activate(h, act)
