@@ -150,10 +150,10 @@ def run_train(args: argparse.Namespace) -> None:
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="accuracy, activation rates, FLOPs and measured sparse-vs-dense latency of a checkpoint",
-        description="Evaluate a checkpoint on its dataset's test split: top-1 accuracy, per-block activation "
-                    "rates, dynamic and static FLOPs, where spatial masks fall (datasets with object boxes), "
-                    "and the latency of sparse against dense execution measured on this machine. Writes "
-                    "eval.json and eval.md.")
+        description="Evaluate a checkpoint on its dataset's test split: top-1 accuracy (detectors: COCO AP), "
+                    "per-block activation rates, dynamic and static FLOPs, where spatial masks fall (datasets "
+                    "with object boxes), and the latency of sparse against dense execution measured on this "
+                    "machine (detectors: the backbone and the whole detector). Writes eval.json and eval.md.")
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.pt or its run directory")
     p.add_argument("--dataset", choices=DATASETS, help="evaluate on another dataset than the training one")
     p.add_argument("--data", metavar="PATH", help="where the dataset's files are")
