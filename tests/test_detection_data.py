@@ -255,10 +255,14 @@ def test_evaluate_a_dynamic_mask_rcnn():
                                               num_classes=len(dataset.classes) + 1,
                                               min_size=128, max_size=160).eval()
     metrics = evaluate_detector(model, dataset, batch_size=2)
-    assert set(metrics) == {"bbox", "segm"}
+    assert set(metrics) == {"bbox", "segm", "totals"}
     for kind in ("bbox", "segm"):
         assert tuple(metrics[kind]) == METRICS
         assert all(np.isnan(v) or 0.0 <= v <= 1.0 for v in metrics[kind].values())
+    totals = metrics["totals"]  # the dynamic backbone's figures over the two images
+    assert totals.samples == 2 and 0 < totals.flops_ratio < 1.2 and set(totals.rates) == {
+        name for name, _ in laudnet.dynamic.dynamic_blocks(model)}
+    assert 0 <= totals.object_share <= 1 and 0 < totals.chance_share < 1
 
 
 def test_no_detections_score_zero_and_no_ground_truth_is_nan():

@@ -132,7 +132,8 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
         loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
     dynamic = bool(dynamic_blocks(model))
     resized: list = []  # the image sizes the transform made, to place the boxes in the backbone's input
-    hook = model.transform.register_forward_hook(lambda module, inputs, output: resized.append(output[0].image_sizes))
+    hook = model.transform.register_forward_hook(lambda module, inputs, output: resized.append(output[0].image_sizes)) \
+        if dynamic else None
     images, objects, detections = [], [], []
     totals = Totals()
     with_masks = True
@@ -151,7 +152,8 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
                              for t, i, (h, w) in zip(targets, batch, resized[-1])]
                     totals.add(stats(model), box_overlap(model, boxes))
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     categories = [{"id": label} for label in sorted({a["category_id"] for a in objects})]
     ground_truth = {"images": images, "annotations": objects, "categories": categories}
     metrics: dict = {"bbox": coco_eval(ground_truth, detections, "bbox")}
