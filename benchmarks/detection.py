@@ -2,12 +2,12 @@
 the backbone and of the whole detector on square images, batch 1.
 
     python benchmarks/detection.py --static runs/det-static --dynamic runs/det-spatial \
-        --out benchmarks/results/detection [--size 512] [--images 8] [--repeats 15]
+        --out benchmarks/results/detection [--size 256 512] [--images 8] [--repeats 15]
 
 Accuracy: each checkpoint on its test split (dynamic ones in sparse execution), with the
 backbone's FLOPs ratio and the share of kept patches that fall on objects. Speed: ``--images``
-test scenes drawn on ``--size`` square canvases (same seed and object scale as the test
-split), resized to exactly that size. The sparse backbone, with the gates it learned, runs
+test scenes drawn on square canvases of each ``--size`` (same seed and object sizes relative
+to the canvas as the test split), resized to exactly that size. The sparse backbone, with the gates it learned, runs
 every image once per round; each dense baseline (the static ResNet body with the same
 weights in torch eager NCHW, channels-last, ONNX Runtime and OpenVINO) as many times, all
 interleaved in one process (shuffled, a 20 ms idle gap before each call); the speedup is the
@@ -139,14 +139,14 @@ def main() -> None:
     parser.add_argument("--static", nargs="*", default=[], help="static detector checkpoints (accuracy only)")
     parser.add_argument("--dynamic", nargs="+", required=True, help="dynamic detector checkpoints")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detection"))
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, nargs="+", default=[512])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     machine = machine_description()
     accuracy = [] if args.skip_accuracy else [accuracy_row(c) for c in [*args.static, *args.dynamic]]
-    speed = [row for c in args.dynamic for row in speed_rows(c, args.size, args.images, args.repeats)]
+    speed = [row for c in args.dynamic for size in args.size for row in speed_rows(c, size, args.images, args.repeats)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps({"machine": machine, "accuracy": accuracy, "speed": speed},
                                                         indent=2) + "\n")
