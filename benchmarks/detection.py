@@ -1,11 +1,13 @@
 """Dynamic detectors against the static one: COCO AP on the test split, and measured speed of
 the backbone and of the whole detector on square images, batch 1.
 
-    python benchmarks/detection.py --static runs/det-static --dynamic runs/det-spatial \
+    laudnet eval runs/det-static && laudnet eval runs/det-spatial
+    python benchmarks/detection.py --evals runs/det-static runs/det-spatial --dynamic runs/det-spatial \
         --out benchmarks/results/detection [--size 256 512] [--images 8] [--repeats 15]
 
-Accuracy: each checkpoint on its test split (dynamic ones in sparse execution), with the
-backbone's FLOPs ratio and the share of kept patches that fall on objects. Speed: ``--images``
+Accuracy: the evaluations ``laudnet eval`` wrote (COCO AP on the test split, dynamic
+detectors in sparse execution, the backbone's FLOPs ratio and the share of kept patches that
+fall on objects). Speed: ``--images``
 test scenes drawn on square canvases of each ``--size`` (same seed and object sizes relative
 to the canvas as the test split), resized to exactly that size. The sparse backbone, with the gates it learned, runs
 every image once per round; each dense baseline (the static ResNet body with the same
@@ -26,24 +28,23 @@ import torchvision
 from torchvision.models._utils import IntermediateLayerGetter
 
 import laudnet
-from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.checkpoint import load_checkpoint, model_from_checkpoint
 from laudnet.data import ShapesDetection
 from laudnet.dynamic import dynamic_networks
-from laudnet.evaluate import evaluate_detection
 from laudnet.measure import interleaved, ratio
 from laudnet.measure.bench import machine_description
 from laudnet.measure.runtimes import dense_baselines
+from laudnet.report import load_eval
 
 
-def accuracy_row(checkpoint: str) -> dict:
-    """AP, backbone FLOPs and where the masks fall, on the checkpoint's test split."""
-    state = load_checkpoint(checkpoint)
-    splits = RunSpec(**state["spec"]).datasets()
-    model = model_from_checkpoint(state, splits)
-    result = evaluate_detection(model, splits.test, latency_batches=())
-    return {"run": checkpoint, "static": state["config"]["static"], "execution": result["execution"],
-            "epochs": state["epoch"], **result["coco"]["bbox"], "flops_ratio": result["flops_ratio"],
-            "object": result["object"]}
+def accuracy_row(evaluation: str) -> dict:
+    """AP, backbone FLOPs and where the masks fall, from an evaluation of ``laudnet eval``."""
+    result = load_eval(evaluation)
+    if result.get("task") != "detection":
+        raise ValueError(f"{evaluation} is not the evaluation of a detector")
+    return {"run": str(Path(result["checkpoint"]).parent), "static": result["static_run"],
+            "execution": result["execution"], "epochs": result["epochs"], **result["coco"]["bbox"],
+            "flops_ratio": result["flops_ratio"], "object": result["object"]}
 
 
 def static_body(body: torch.nn.Module) -> torch.nn.Module:
@@ -136,16 +137,15 @@ def markdown(accuracy: list[dict], speed: list[dict], machine: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--static", nargs="*", default=[], help="static detector checkpoints (accuracy only)")
-    parser.add_argument("--dynamic", nargs="+", required=True, help="dynamic detector checkpoints")
+    parser.add_argument("--evals", nargs="*", default=[], help="eval.json files of detectors (or run directories)")
+    parser.add_argument("--dynamic", nargs="+", required=True, help="dynamic detector checkpoints to time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detection"))
     parser.add_argument("--size", type=int, nargs="+", default=[512])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     machine = machine_description()
-    accuracy = [] if args.skip_accuracy else [accuracy_row(c) for c in [*args.static, *args.dynamic]]
+    accuracy = [accuracy_row(e) for e in args.evals]
     speed = [row for c in args.dynamic for size in args.size for row in speed_rows(c, size, args.images, args.repeats)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps({"machine": machine, "accuracy": accuracy, "speed": speed},
