@@ -42,7 +42,7 @@ def accuracy_row(evaluation: str) -> dict:
     result = load_eval(evaluation)
     if result.get("task") != "detection":
         raise ValueError(f"{evaluation} is not the evaluation of a detector")
-    return {"run": str(Path(result["checkpoint"]).parent), "static": result["static_run"],
+    return {"run": Path(result["checkpoint"]).parent.name, "static": result["static_run"],
             "execution": result["execution"], "epochs": result["epochs"], **result["coco"]["bbox"],
             "flops_ratio": result["flops_ratio"], "object": result["object"]}
 
@@ -84,7 +84,7 @@ def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dic
     rows = []
     for name in dense:
         speedup = ratio(timings, name, "sparse")
-        rows.append({"run": checkpoint, "part": "backbone", "input": f"1x3x{size}x{size}", "baseline": name,
+        rows.append({"run": Path(checkpoint).name, "part": "backbone", "input": f"1x3x{size}x{size}", "baseline": name,
                      "fastest": name == fastest, "dense_ms": timings[name].median_ms / count,
                      "sparse_ms": timings["sparse"].median_ms / count, "speedup": speedup.median,
                      "speedup_iqr": list(speedup.spread), "flops_ratio": sum(rates) / count})
@@ -106,7 +106,7 @@ def detector_rows(checkpoint: str, detector: torch.nn.Module, images: list[torch
                                    "sparse": lambda: [sparse(x) for x in inputs]}, repeats=repeats, warmup=1, gap=0.02)
         speedup = ratio(timings, "dense", "sparse")
         shapes = " + ".join("x".join(map(str, image.shape[-2:])) for image in inputs[0])
-        rows.append({"run": checkpoint, "part": "detector", "input": f"{batch}: {shapes}", "baseline": "eager",
+        rows.append({"run": Path(checkpoint).name, "part": "detector", "input": f"{batch}: {shapes}", "baseline": "eager",
                      "fastest": True, "dense_ms": timings["dense"].median_ms / len(inputs),
                      "sparse_ms": timings["sparse"].median_ms / len(inputs), "speedup": speedup.median,
                      "speedup_iqr": list(speedup.spread), "flops_ratio": None})
