@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .data.build import DataSplits, build_datasets
 from .detection import create_detector, list_detectors
+from .detection.detectors import max_size
 from .dynamic import set_execution
 from .errors import CheckpointError
 from .models import create_model
@@ -53,7 +54,7 @@ class RunSpec:
                                  f"allowed: {', '.join(list_detectors())}")
             return create_detector(self.model, paradigm=self.paradigm, granularity=self.granularity,
                                    gate_scale=self.gate_scale, num_classes=info.num_classes,
-                                   min_size=info.image_size, max_size=round(info.image_size * 5 / 3))
+                                   min_size=info.image_size, max_size=max_size(info.image_size))
         return create_model(self.model, paradigm=self.paradigm, granularity=self.granularity,
                             gate_scale=self.gate_scale, num_classes=info.num_classes,
                             in_channels=info.in_channels, input_size=info.image_size)

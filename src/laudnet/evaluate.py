@@ -25,6 +25,7 @@ from . import checks
 from .checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
 from .data.build import has_boxes
 from .data.loaders import eval_loader
+from .detection.detectors import max_size
 from .detection.metrics import evaluate_detector
 from .dynamic import dynamic_blocks, dynamic_networks, set_execution
 from .measure import interleaved, ratio
@@ -159,7 +160,7 @@ def detector_latency(detector: nn.Module, images: list[Tensor], size: int, repea
     """Sparse against dense latency of ``detector``'s backbone body and of the whole
     detector on ``images`` resized to the short side ``size`` (:func:`measure_latency`)."""
     resized = copy.deepcopy(detector).eval()
-    resized.transform.min_size, resized.transform.max_size = (size,), round(size * 5 / 3)
+    resized.transform.min_size, resized.transform.max_size = (size,), max_size(size)
     with torch.no_grad():
         batch = resized.transform([image.to(next(detector.parameters()).device) for image in images])[0].tensors
     shape = "x".join(str(n) for n in batch.shape)

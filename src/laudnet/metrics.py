@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .blocks.base import DynamicBlock
 from .distributed import Context, all_reduce_sum
 from .dynamic import NetworkStats, dynamic_blocks, stats
 
@@ -84,20 +86,31 @@ class Totals:
             self.patches += overlap[3]
 
 
-def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float, float]:
-    """For the spatial decisions of the last forward pass and the object boxes ``(B, 4)``
-    (top, left, bottom, right in input pixels): kept patches on the object, kept patches,
-    patches on the object, patches. A patch is on the object when its area in the input
-    image (patch side × the block's downsampling) overlaps the box."""
-    image_height, image_width = model.input_shape[-2:]
+def patch_overlap(model: nn.Module, on_object: Callable[[DynamicBlock, int, int], Tensor]
+                  ) -> tuple[float, float, float, float]:
+    """For the spatial decisions of the last forward pass: kept patches on an object, kept
+    patches, patches on an object, patches, summed over the blocks. ``on_object(block,
+    rows, cols)`` says which of a block's ``(B, rows, cols)`` patches lie on an object."""
     totals = torch.zeros(4, dtype=torch.float64)
-    boxes = boxes.to(torch.float64)
     for _, block in dynamic_blocks(model):
         decision = block.last_decision
-        if decision is None or decision.spatial is None:
+        mask = None if decision is None else decision.kept_patches
+        if mask is None:
             continue
-        mask = decision.spatial if decision.layer is None else decision.spatial * decision.layer[:, None, None]
-        rows, cols = mask.shape[-2:]
+        on = on_object(block, *mask.shape[-2:]).to(torch.float64)
+        kept = (mask.detach().cpu() > 0).to(torch.float64)
+        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
+    return tuple(totals.tolist())
+
+
+def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float, float]:
+    """:func:`patch_overlap` for one object box per image, ``(B, 4)`` (top, left, bottom,
+    right in input pixels). A patch is on the object when its area in the input image
+    (patch side × the block's downsampling) overlaps the box."""
+    image_height, image_width = model.input_shape[-2:]
+    boxes = boxes.to(torch.float64)
+
+    def on_object(block: DynamicBlock, rows: int, cols: int) -> Tensor:
         stride, side = block.spatial_masker.stride, block.spatial_masker.granularity
         height, width = block.last.input_shape[-2:]
         cell_h = side * image_height / math.ceil(height / stride)
@@ -106,10 +119,9 @@ def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float
         c = torch.arange(cols, dtype=torch.float64)
         row_hit = (r * cell_h < boxes[:, 2:3]) & ((r + 1) * cell_h > boxes[:, 0:1])
         col_hit = (c * cell_w < boxes[:, 3:4]) & ((c + 1) * cell_w > boxes[:, 1:2])
-        on = (row_hit[:, :, None] & col_hit[:, None, :]).to(torch.float64)
-        kept = (mask.detach().cpu() > 0).to(torch.float64)
-        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
-    return tuple(totals.tolist())
+        return row_hit[:, :, None] & col_hit[:, None, :]
+
+    return patch_overlap(model, on_object)
 
 
 @torch.no_grad()

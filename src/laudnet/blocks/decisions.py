@@ -34,6 +34,14 @@ class Decision:
     layer: Tensor | None = None
     layer_scale: Tensor | None = None
 
+    @property
+    def kept_patches(self) -> Tensor | None:
+        """The spatial decisions with the layer gate folded in, ``(B, rows, cols)``: the
+        patches the block computes (``None`` without a spatial gate)."""
+        if self.spatial is None or self.layer is None:
+            return self.spatial
+        return self.spatial * self.layer[:, None, None]
+
     def detach(self) -> "Decision":
         """A copy cut from the autograd graph, for inspection after the forward pass."""
         return Decision(**{k: None if v is None else v.detach() for k, v in self.__dict__.items()})

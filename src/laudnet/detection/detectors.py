@@ -10,8 +10,9 @@ detector from scratch and converts it. ``laudnet.set_execution``, ``set_decision
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Callable
+from typing import Callable, Iterator
 
 from torch import nn
 from torchvision.models import detection, resnet18
@@ -67,6 +68,25 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     )
 }
 """torchvision's builders of detectors on a ResNet-FPN backbone, by name."""
+
+
+def max_size(min_size: int) -> int:
+    """The longest side a detector's transform allows for images resized to a short side of
+    ``min_size``: torchvision's ratio (1333 for 800)."""
+    return round(min_size * 5 / 3)
+
+
+@contextlib.contextmanager
+def transformed_sizes(detector: nn.Module) -> Iterator[list[list[tuple[int, int]]]]:
+    """Within the block, the list receives, for every call of ``detector``'s transform, the
+    ``(h, w)`` each image was resized to before the batch was padded."""
+    sizes: list[list[tuple[int, int]]] = []
+    hook = detector.transform.register_forward_hook(
+        lambda transform, args, output: sizes.append([tuple(size) for size in output[0].image_sizes]))
+    try:
+        yield sizes
+    finally:
+        hook.remove()
 
 
 class ImageSizes:

@@ -21,7 +21,8 @@ from .. import checks
 from ..data.coco import coco_mask, encode_masks, require_pycocotools, target_annotations
 from ..data.loaders import collate_detection
 from ..dynamic import dynamic_blocks, dynamic_networks, stats
-from ..metrics import Totals
+from ..metrics import Totals, patch_overlap
+from .detectors import transformed_sizes
 
 try:
     from pycocotools.coco import COCO
@@ -86,25 +87,17 @@ def coco_eval(ground_truth: dict, detections: list[dict], iou_type: str = "bbox"
 
 
 def box_overlap(model: nn.Module, boxes: list[Tensor]) -> tuple[float, float, float, float]:
-    """For the spatial decisions of a detector's last forward pass and each image's object
-    ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw): kept patches on an
-    object, kept patches, patches on an object, patches (the padded area included). A patch
-    is on an object when its area in the backbone's input overlaps a box (max-pooled)."""
-    body = dynamic_networks(model)[0]
-    on_object = torch.zeros(len(boxes), 1, *body.input_shape[-2:])
+    """:func:`~laudnet.metrics.patch_overlap` of a detector's backbone for each image's
+    object ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw; the padded
+    area counts as patches). A patch is on an object when its area in the backbone's input
+    overlaps a box (max-pooled)."""
+    on_object = torch.zeros(len(boxes), 1, *dynamic_networks(model)[0].input_shape[-2:])
     for i, image_boxes in enumerate(boxes):
         for x1, y1, x2, y2 in image_boxes.round().long().tolist():
             on_object[i, 0, y1:y2, x1:x2] = 1.0
-    totals = torch.zeros(4, dtype=torch.float64)
-    for _, block in dynamic_blocks(model):
-        decision = block.last_decision
-        if decision is None or decision.spatial is None:
-            continue
-        mask = decision.spatial if decision.layer is None else decision.spatial * decision.layer[:, None, None]
-        on = F.adaptive_max_pool2d(on_object, mask.shape[-2:])[:, 0].to(torch.float64)
-        kept = (mask.detach().cpu() > 0).to(torch.float64)
-        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
-    return tuple(totals.tolist())
+    return patch_overlap(model, lambda block, rows, cols: F.adaptive_max_pool2d(on_object, (rows, cols))[:, 0])
+
+
 def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, workers: int = 0,
                       progress: bool = False) -> dict:
     """COCO mAP of ``model`` on ``dataset``: ``{"bbox": {"AP": …, "AP50": …, …}}`` and, when
@@ -131,29 +124,23 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
 
         loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
     dynamic = bool(dynamic_blocks(model))
-    resized: list = []  # the image sizes the transform made, to place the boxes in the backbone's input
-    hook = model.transform.register_forward_hook(lambda module, inputs, output: resized.append(output[0].image_sizes)) \
-        if dynamic else None
     images, objects, detections = [], [], []
     totals = Totals()
     with_masks = True
-    try:
-        with torch.no_grad():
-            for batch, targets in loader:
-                outputs = model([image.to(device) for image in batch])
-                for image, target, output in zip(batch, targets, outputs):
-                    image_id = len(images) + 1
-                    images.append({"id": image_id, "height": image.shape[-2], "width": image.shape[-1]})
-                    objects += target_annotations(target, image_id, len(objects) + 1)
-                    detections += _detections(output, image_id)
-                    with_masks = with_masks and "masks" in target and "masks" in output
-                if dynamic:
-                    boxes = [t["boxes"] * torch.tensor([w / i.shape[-1], h / i.shape[-2]] * 2)
-                             for t, i, (h, w) in zip(targets, batch, resized[-1])]
-                    totals.add(stats(model), box_overlap(model, boxes))
-    finally:
-        if hook is not None:
-            hook.remove()
+    # the sizes the transform resized the images to place the boxes in the backbone's input
+    with transformed_sizes(model) if dynamic else contextlib.nullcontext([]) as resized, torch.no_grad():
+        for batch, targets in loader:
+            outputs = model([image.to(device) for image in batch])
+            for image, target, output in zip(batch, targets, outputs):
+                image_id = len(images) + 1
+                images.append({"id": image_id, "height": image.shape[-2], "width": image.shape[-1]})
+                objects += target_annotations(target, image_id, len(objects) + 1)
+                detections += _detections(output, image_id)
+                with_masks = with_masks and "masks" in target and "masks" in output
+            if dynamic:
+                boxes = [t["boxes"] * torch.tensor([w / i.shape[-1], h / i.shape[-2]] * 2)
+                         for t, i, (h, w) in zip(targets, batch, resized[-1])]
+                totals.add(stats(model), box_overlap(model, boxes))
     categories = [{"id": label} for label in sorted({a["category_id"] for a in objects})]
     ground_truth = {"images": images, "annotations": objects, "categories": categories}
     metrics: dict = {"bbox": coco_eval(ground_truth, detections, "bbox")}

@@ -22,6 +22,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from ..detection import DETECTORS  # noqa: E402
+from ..detection.detectors import transformed_sizes  # noqa: E402
 from ..dynamic import dynamic_blocks, dynamic_networks, stats  # noqa: E402
 from ..sparse import upsample_mask  # noqa: E402
 
@@ -33,10 +34,9 @@ def spatial_maps(model: nn.Module) -> dict[str, Tensor]:
     height, width = model.input_shape[-2:]
     sums: dict[str, list[Tensor]] = {}
     for name, block in dynamic_blocks(model):
-        decision = block.last_decision
-        if decision is None or decision.spatial is None:
+        mask = None if block.last_decision is None else block.last_decision.kept_patches
+        if mask is None:
             continue
-        mask = decision.spatial if decision.layer is None else decision.spatial * decision.layer[:, None, None]
         stride, side = block.spatial_masker.stride, block.spatial_masker.granularity
         h_in, w_in = block.last.input_shape[-2:]
         h_out, w_out = -(-h_in // stride), -(-w_in // stride)
@@ -113,13 +113,9 @@ def mask_overlays(model: nn.Module, dataset, indices: Sequence[int], classes: Se
 def _detect(detector: nn.Module, image: Tensor) -> tuple[dict, dict[str, Tensor]]:
     """A detector's output for one image and, per stage, where its backbone computed,
     cropped to the resized image (the transform pads it) and scaled back to ``image``."""
-    sizes: list = []
-    hook = detector.transform.register_forward_hook(lambda m, args, output: sizes.append(output[0].image_sizes[0]))
-    try:
+    with transformed_sizes(detector) as sizes:
         output = detector.eval()([image.to(next(detector.parameters()).device)])[0]
-    finally:
-        hook.remove()
-    height, width = sizes[0]
+    height, width = sizes[0][0]
     maps = {stage: F.interpolate(m[:, None, :height, :width], size=image.shape[-2:], mode="nearest")[0, 0]
             for stage, m in spatial_maps(dynamic_networks(detector)[0]).items()}
     return output, maps

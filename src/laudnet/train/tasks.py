@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.loaders import collate_detection, eval_loader, train_loader
+from ..detection.detectors import transformed_sizes
 from ..detection.metrics import evaluate_detector
 from ..distributed import Context, all_reduce_sum, broadcast_buffers
 from ..metrics import accumulate
@@ -88,19 +89,18 @@ class Detection:
             ("boxes", "labels")
         targets = [{k: v for k, v in t.items() if k in keep} for t in targets]
         seen: dict = {}
-        hooks = [net.transform.register_forward_hook(lambda m, args, output: seen.update(sizes=output[0].image_sizes)),
-                 net.backbone.register_forward_hook(lambda m, args, output: seen.update(input=args[0], output=output))]
+        hook = net.backbone.register_forward_hook(lambda m, args, output: seen.update(input=args[0], output=output))
         try:
-            losses = model(inputs, targets)
+            with transformed_sizes(net) as sizes:
+                losses = model(inputs, targets)
         finally:
-            for hook in hooks:
-                hook.remove()
+            hook.remove()
         loss = sum(losses.values())
         kd = loss.new_zeros(())
         if teacher is not None:
             with torch.no_grad():
                 taught = teacher.backbone(seen["input"])
-            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), seen["sizes"],
+            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), sizes[-1],
                                          seen["input"].shape[-2:]) for k in taught]).mean()
         return loss, kd, losses
 
