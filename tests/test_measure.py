@@ -27,6 +27,6 @@ def test_whole_network_validation_samples_valid_networks_and_reports_speedups(tm
     row = result.rows[0]
     assert row["measured_sparse_ms"] > 0 and row["predicted_static_ms"] > 0
     assert row["predicted_speedup"] == pytest.approx(row["predicted_static_ms"] / row["predicted_sparse_ms"])
-    assert set(result.metrics) == {"sparse latency", "static latency", "speedup"}
+    assert set(result.metrics) == {"sparse latency, analytic", "static latency, analytic", "speedup, analytic"}
     paths = result.write(tmp_path)
     assert "| resnet18 64px" in paths["md"].read_text()

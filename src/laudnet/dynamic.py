@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Mapping
 
 from torch import Tensor, nn
 
@@ -51,8 +52,9 @@ def set_execution(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
-def set_decisions(model: nn.Module, rate: float, seed: int = 0) -> nn.Module:
-    """Override every gate with fixed random decisions of activation rate ``rate``.
+def set_decisions(model: nn.Module, rate: float | Mapping[str, float], seed: int = 0) -> nn.Module:
+    """Override every gate with fixed random decisions of activation rate ``rate`` (one for
+    every block, or a dict naming each block's).
 
     ``rate`` is each block's activation rate. Per sample, ``round(rate × n)`` of a spatial
     gate's patches or a channel gate's groups are on; a layer gate is on with probability
@@ -60,9 +62,18 @@ def set_decisions(model: nn.Module, rate: float, seed: int = 0) -> nn.Module:
     block's rate (their product) is ``rate``. Decisions depend only on ``seed``, the block
     and the input shape.
     """
-    rate, seed = checks.rate("rate", rate), checks.integer("seed", seed)
-    for index, (_, block) in enumerate(_blocks_or_raise(model)):
-        block.fixed = FixedDecisions(rate, seed * 100_003 + index)
+    seed = checks.integer("seed", seed)
+    blocks = _blocks_or_raise(model)
+    if isinstance(rate, Mapping):
+        names = [name for name, _ in blocks]
+        wrong = sorted(set(rate) ^ set(names))
+        if wrong:
+            raise ValueError(f"rates per block must name every dynamic block exactly; not matching: {wrong[:5]}")
+        rates = [checks.rate(f"rate of block {name}", rate[name]) for name in names]
+    else:
+        rates = [checks.rate("rate", rate)] * len(blocks)
+    for index, ((_, block), block_rate) in enumerate(zip(blocks, rates)):
+        block.fixed = FixedDecisions(block_rate, seed * 100_003 + index)
     return model
 
 

@@ -34,6 +34,11 @@ def positive_int(text: str) -> int:
     return _checked(checks.positive_int, "value", _parsed(text, int, "an integer"))
 
 
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0."""
+    return _checked(checks.integer, "value", _parsed(text, int, "an integer"), 0)
+
+
 def rate(text: str) -> float:
     """An activation rate: a number in [0, 1]."""
     return _checked(checks.rate, "rate", _parsed(text, float, "a number"))

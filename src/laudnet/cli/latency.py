@@ -18,14 +18,14 @@ from pathlib import Path
 import torchvision
 
 from ..latency.hardware import list_hardware, load_hardware
-from ..latency.predictor import predict_latency
-from ..measure.calibrate import calibrate
+from ..latency.predictor import METHODS, predict_latency
+from ..measure.calibrate import NETWORK_SECONDS, NETWORKS, calibrate
 from ..measure.drift import rescale_for_drift
 from ..measure.validate import validate
 from ..measure.validate_networks import validate_networks
 from ..models import create_model, list_models
 from ..outputs import check_directory, claim
-from .arguments import positive_int, rate
+from .arguments import non_negative_int, positive_int, rate
 
 DEFAULT_THREADS = 2
 
@@ -50,7 +50,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=positive_int, default=128)
     predict.add_argument("--input-size", type=positive_int, default=224)
     predict.add_argument("--rate", type=rate, default=None, help="activation rate of every gate (default 1)")
-    predict.add_argument("--method", choices=("analytic", "learned"), default="analytic")
+    predict.add_argument("--method", choices=METHODS, default="auto",
+                         help="learned: analytic cost times the correction learned from calibration's network "
+                              "pieces; auto (default): learned when the profile has it")
     predict.add_argument("--execution", choices=("sparse", "static"), default="sparse")
     predict.add_argument("--json", action="store_true", help="print the report as JSON")
     predict.set_defaults(run=predict_command)
@@ -66,6 +68,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     calibrate_parser.add_argument("--repeats", type=positive_int, default=7)
     calibrate_parser.add_argument("--statistic", choices=("median", "min"), default="median")
     calibrate_parser.add_argument("--seed", type=int, default=0)
+    calibrate_parser.add_argument("--networks", type=non_negative_int, default=NETWORKS,
+                                  help=f"whole networks timed piece by piece for the learned correction "
+                                       f"(default {NETWORKS}, at most {NETWORK_SECONDS:.0f} s; 0: none)")
+    calibrate_parser.add_argument("--quick", action="store_true",
+                                  help="about 2 minutes: a third of the micro-benchmarks, networks for 50 s")
     calibrate_parser.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
     calibrate_parser.set_defaults(run=calibrate_command)
     validate_parser = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
@@ -133,9 +140,11 @@ def predict_command(args: argparse.Namespace) -> int:
 def calibrate_command(args: argparse.Namespace) -> int:
     if args.report_dir is not None:
         check_directory(args.report_dir, "--report-dir")
-    hw, report = calibrate(args.out, args.threads, args.scale, args.repeats, args.seed, statistic=args.statistic)
+    scale, seconds = (args.scale / 3, 50.0) if args.quick else (args.scale, NETWORK_SECONDS)
+    hw, report = calibrate(args.out, args.threads, scale, args.repeats, args.seed, statistic=args.statistic,
+                           networks=args.networks, network_seconds=seconds)
     lines = [f"wrote profile {hw.name!r} to {hw.path}", "fit on the calibration measurements:"]
-    lines += [f"  {family:<12} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
+    lines += [f"  {family:<15} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
               f"{r['within_10']:.0%}" for family, r in report.items()]
     print("\n".join(lines))
     if args.report_dir is not None:

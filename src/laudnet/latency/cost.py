@@ -328,3 +328,14 @@ def plan_cost(ops: list[Op], hw: Hardware, fused: list[bool] | None = None) -> C
         fused = [op.kind == "elementwise" for op in ops]
     previous = [None] + [op.kind for op in ops[:-1]]
     return total_cost(op_cost(op, hw, f, before == "gather") for op, f, before in zip(ops, fused, previous))
+
+
+def block_overhead_ms(hw: Hardware, kind: str) -> float:
+    """Fixed host-side cost of one dynamic block's forward of ``kind`` (its paradigm, or
+    ``"static"`` without gates) on a CPU: the Python code of the sparse path around its
+    operators (GPUs: hidden behind the kernel queue)."""
+    if hw.kind != "cpu":
+        return 0.0
+    key = ("none" if kind in ("static", "none") else "spatial" if "spatial" in kind
+           else "channel" if "channel" in kind else "layer")
+    return hw.model.get("block_us", {}).get(key, 0.0) * 1e-3

@@ -62,7 +62,7 @@ class Hardware:
     notes: str = ""
     path: Path | None = None
     samples: tuple[dict, ...] = ()
-    """Calibration measurements (``local`` profiles), which train the learned predictor."""
+    """Calibration measurements (``local`` profiles); their network pieces train the learned correction."""
     reference_ms: float | None = None
     """Time of the drift reference workload at calibration (:mod:`laudnet.measure.drift`)."""
     time_scale: float = 1.0

@@ -1,11 +1,16 @@
-"""A learned operator-latency predictor (nn-Meter style): one gradient-boosted regressor per
-operator kind, trained on the calibration measurements of a profile.
+"""The learned correction of a calibrated CPU profile (nn-Meter's idea: predict the units
+that really execute, not single operators).
 
-Each regressor maps shape features of an operator (logarithms of its GEMM dimensions,
-channels, map size, MACs and bytes) to the logarithm of its measured time. A block or a
-network is priced as the sum of its plan operators, like the analytic model; kinds with
-too few measurements, the index operators and the fixed per-block cost keep the analytic
-model of the profile. Training is seeded, so predictions are deterministic.
+The operators of a block priced one by one do not add up to the block: the engine runs
+them fused, chooses kernels by measurement, and a block inside a network finds its input
+in the caches and its weights out of them. Calibration therefore also times the *pieces*
+of whole networks as they run (:mod:`laudnet.measure.pieces`): every dynamic block, every
+residual block of a static network, and every run of static layers between them. A
+gradient-boosted regressor maps the features of a piece (its kind, batch and activation
+rate, its analytic cost and how it splits into compute, memory and overhead, its MACs,
+depthwise and grouped shares, bytes moved and map size) to the logarithm of measured over
+analytic time; a prediction is the analytic cost times that factor. Training is seeded, so
+predictions are deterministic.
 """
 
 from __future__ import annotations
@@ -15,65 +20,105 @@ import math
 import numpy as np
 
 from ..sparse.plan import Op
-from .cost import Cost, gemm_dims, op_cost, output_bytes, weight_bytes
+from .cost import Cost, block_overhead_ms, is_depthwise, plan_cost
 from .hardware import Hardware
 from .samples import Sample
 
-MIN_SAMPLES = 8
-_CACHE: dict[tuple, "LearnedPredictor"] = {}
+KINDS = ("layers", "packed layers", "static", "spatial", "channel", "layer", "layer+spatial", "layer+channel")
+"""Kinds of pieces: static layers run eagerly or packed by the sparse engine, a residual block
+without gates, and a dynamic block of each paradigm."""
+
+MIN_SAMPLES = 20
+_CACHE: dict[tuple, "LearnedCorrection"] = {}
 
 
-def features(op: Op) -> list[float]:
-    """Shape features of one repetition of ``op`` (its kind's regressor's inputs)."""
-    log = lambda v: math.log(max(float(v), 1.0))  # noqa: E731
-    if op.kind in ("gemm", "conv"):
-        m, k, n, groups = gemm_dims(op)
-        row = [log(m), log(k), log(n), log(groups), log(op.macs), log(op.bytes), log(weight_bytes(op)),
-               log(output_bytes(op)), log(m * k * 4 * groups)]
-        if op.kind == "conv":
-            batch, c_in, c_out, kernel, stride, _, out_h, out_w = op.shape
-            row += [log(batch), log(c_in), log(c_out), float(kernel), float(stride), log(out_h * out_w)]
-        return row
-    return [log(op.bytes), log(op.macs)] + [log(v) for v in op.shape]
+def piece_features(ops: list[Op], cost: Cost, kind: str, batch: int, rate: float) -> list[float]:
+    """What the regressor sees of one piece: ``ops`` its plan at ``batch``, ``cost`` their
+    analytic cost (without drift scaling), ``rate`` the block's activation rate (1 for
+    static pieces)."""
+    if kind not in KINDS:
+        raise ValueError(f"piece kind {kind!r} is unknown; allowed: {', '.join(KINDS)}")
+    log = lambda v: math.log(max(float(v), 1e-6))  # noqa: E731
+    matmuls = [o for o in ops if o.kind in ("gemm", "conv")]
+    macs = sum(o.macs * o.count for o in matmuls)
+    depthwise = sum(o.macs * o.count for o in matmuls if is_depthwise(o))
+    grouped = sum(o.macs * o.count for o in matmuls if o.kind == "conv" and o.shape[5] > 1) - depthwise
+    moved = sum(o.bytes * o.count for o in ops if o.kind not in ("gemm", "conv"))
+    gathered = sum(o.bytes * o.count for o in ops if o.kind == "gather")
+    convs = [o for o in ops if o.kind == "conv"]
+    pixels = max((o.shape[6] * o.shape[7] for o in convs), default=1)
+    channels = max((o.shape[2] for o in convs), default=1)
+    total = max(cost.total_ms, 1e-9)
+    return ([float(kind == k) for k in KINDS]
+            + [log(batch), float(rate), log(total), cost.compute_ms / total, cost.memory_ms / total,
+               cost.overhead_ms / total, log(macs + 1), depthwise / max(macs, 1), grouped / max(macs, 1),
+               log(moved + 1), log(gathered + 1), sum(o.count for o in ops if o.kind == "index"), float(len(ops)),
+               log(pixels), log(channels)])
 
 
-class LearnedPredictor:
-    """Gradient-boosted regressors per operator kind; ``op_cost`` prices one plan operator."""
+def analytic_cost(sample: Sample, hw: Hardware) -> Cost:
+    """The analytic cost of a measured piece (its plan operators and, for a dynamic block,
+    the block's fixed host-side cost) on ``hw`` without drift scaling."""
+    overhead = block_overhead_ms(hw, sample.meta["kind"]) if sample.meta.get("dynamic") else 0.0
+    return plan_cost(sample.ops, hw, sample.meta.get("fused")) + Cost(overhead_ms=overhead)
 
-    def __init__(self, samples: list[Sample], fallback: Hardware, seed: int = 0) -> None:
-        from sklearn.ensemble import GradientBoostingRegressor
 
-        self.fallback = fallback
-        by_kind: dict[tuple[str, int], tuple[list, list]] = {}
-        for s in samples:
-            if s.family == "block" or len(s.ops) != 1 or s.ops[0].kind == "index":
-                continue
-            op = s.ops[0]
-            xs, ys = by_kind.setdefault((op.kind, len(features(op))), ([], []))
-            xs.append(features(op))
-            ys.append(math.log(s.ms / op.count))
-        self.models = {}
-        for (kind, _), (xs, ys) in sorted(by_kind.items(), key=lambda item: -len(item[1][0])):
-            if len(xs) < MIN_SAMPLES or kind in self.models:
-                continue
-            model = GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8,
-                                              random_state=seed)
-            self.models[kind] = model.fit(np.array(xs), np.array(ys))
+class LearnedCorrection:
+    """Gradient-boosted regressor of ``log(measured / analytic)`` over measured pieces."""
+
+    def __init__(self, samples: list[Sample], hw: Hardware, seed: int = 0) -> None:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        pieces = [s for s in samples if s.family == "piece"]
+        if len(pieces) < MIN_SAMPLES:
+            raise ValueError(f"the learned correction needs at least {MIN_SAMPLES} measured network pieces, "
+                             f"profile {hw.name!r} has {len(pieces)}; run `laudnet latency calibrate`")
+        rows, targets, weights = [], [], []
+        for s in pieces:
+            cost = analytic_cost(s, hw)
+            rows.append(piece_features(s.ops, cost, s.meta["kind"], s.meta["batch"], s.meta["rate"]))
+            targets.append(math.log(s.ms / max(cost.total_ms, 1e-9)))
+            weights.append(math.sqrt(s.ms))
+        model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
+                                              min_samples_leaf=5, early_stopping=False, random_state=seed)
+        self.model = model.fit(np.array(rows), np.array(targets), sample_weight=np.array(weights))
 
     @classmethod
-    def for_hardware(cls, hw: Hardware) -> "LearnedPredictor":
-        """The predictor trained on ``hw``'s calibration samples (cached per profile)."""
-        if not hw.samples:
-            raise ValueError(f"the learned predictor needs calibration measurements, which profile {hw.name!r} "
-                             "does not have; run `laudnet latency calibrate` and use hardware 'local'")
-        key = (hw.name, str(hw.path), len(hw.samples), tuple(s["ms"] for s in hw.samples[:50]))
+    def for_hardware(cls, hw: Hardware) -> "LearnedCorrection":
+        """The correction trained on ``hw``'s measured pieces (cached per profile)."""
+        key = (hw.name, str(hw.path), len(hw.samples), tuple(s["ms"] for s in hw.samples[-50:]))
         if key not in _CACHE:
             _CACHE[key] = cls([Sample.from_dict(s) for s in hw.samples], hw)
         return _CACHE[key]
 
-    def op_cost(self, op: Op) -> Cost:
-        model = self.models.get(op.kind)
-        if model is None or model.n_features_in_ != len(features(op)):  # untrained kind, or no shape
-            return op_cost(op, self.fallback)
-        ms = float(np.exp(model.predict(np.array([features(op)]))[0])) * op.count
-        return Cost(compute_ms=ms) if op.kind in ("gemm", "conv") else Cost(memory_ms=ms)
+    @staticmethod
+    def available(hw: Hardware) -> bool:
+        """Whether ``hw`` holds enough measured pieces to train the correction."""
+        return sum(s.get("family") == "piece" for s in hw.samples) >= MIN_SAMPLES
+
+    def factors(self, rows: list[list[float]]) -> list[float]:
+        """Measured-over-analytic factors of pieces described by :func:`piece_features`."""
+        if not rows:
+            return []
+        return [float(v) for v in np.exp(self.model.predict(np.array(rows)))]
+
+
+def held_out_predictions(samples: list[Sample], hw: Hardware, folds: int = 5) -> list[tuple[Sample, float]]:
+    """Each measured piece with its prediction by a correction trained on other networks
+    only: the measured networks split into ``folds`` groups, each predicted by a correction
+    trained on the others (groups too small to leave the rest trainable are skipped)."""
+    pieces = [s for s in samples if s.family == "piece"]
+    networks = sorted({s.meta["network"] for s in pieces})
+    out = []
+    for fold in range(min(folds, len(networks))):
+        held = set(networks[fold::folds])
+        train = [s for s in pieces if s.meta["network"] not in held]
+        if len(train) < MIN_SAMPLES:
+            continue
+        correction = LearnedCorrection(train, hw)
+        test = [s for s in pieces if s.meta["network"] in held]
+        costs = [analytic_cost(s, hw) for s in test]
+        factors = correction.factors([piece_features(s.ops, c, s.meta["kind"], s.meta["batch"], s.meta["rate"])
+                                      for s, c in zip(test, costs)])
+        out += [(s, c.total_ms * f) for s, c, f in zip(test, costs, factors)]
+    return out

@@ -6,7 +6,10 @@ whole static torchvision models) as plan operators (``conv``, ``gemm``, ``elemen
 ``epilogue``), and the input shape of every dynamic block. Pricing (:func:`predict_walk`)
 then asks each dynamic block for its execution plan at the requested batch and activation
 rate (:meth:`laudnet.blocks.DynamicBlock.plan`) and prices every operator with the cost
-model of the hardware profile. The result is deterministic.
+model of the hardware profile. On a calibrated CPU profile, each piece of the network (a
+block, a run of static layers: :meth:`NetworkWalk.pieces`) is then multiplied by the
+learned correction of :mod:`laudnet.latency.learned`, and every time by the profile's
+drift factor. The result is deterministic.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from ..blocks.base import DynamicBlock
 from ..dynamic import NetworkStats
 from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
 from ..static_pass import static_pass
-from .cost import Cost, plan_cost, total_cost
+from .cost import Cost, block_overhead_ms, plan_cost, total_cost
 from .hardware import Hardware, load_hardware
-from .learned import LearnedPredictor
+from .learned import LearnedCorrection, piece_features
 
 Rates = Union[None, float, Mapping[str, float], NetworkStats]
-METHODS = ("analytic", "learned")
+METHODS = ("auto", "analytic", "learned")
 EXECUTIONS = ("sparse", "static")
 
 _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "sigmoid", "sigmoid_",
@@ -64,6 +67,7 @@ class Segment:
     ops: list[WalkOp] = field(default_factory=list)
     block: DynamicBlock | None = None
     input_shape: tuple[int, int, int] | None = None
+    composite: bool = False  # a module with children (a residual block of a static network)
 
 
 @dataclass
@@ -77,6 +81,28 @@ class NetworkWalk:
     @property
     def blocks(self) -> list[Segment]:
         return [s for s in self.segments if s.block is not None]
+
+    def pieces(self) -> list["Piece"]:
+        """The segments grouped as they execute and as calibration times them: each dynamic
+        block alone (in a network without any, each residual block alone), and each run of
+        the static layers between them as one piece."""
+        anchored = (lambda s: s.block is not None) if self.blocks else (lambda s: s.composite)
+        pieces: list[Piece] = []
+        for index, segment in enumerate(self.segments):
+            anchor = anchored(segment)
+            if anchor or not pieces or pieces[-1].anchor:
+                pieces.append(Piece(anchor, []))
+            pieces[-1].indices.append(index)
+        return pieces
+
+
+@dataclass
+class Piece:
+    """Consecutive segments (their indices in the walk) that run as one timed unit: an
+    ``anchor`` (a block, whose forward calibration hooks) or a run of static layers."""
+
+    anchor: bool
+    indices: list[int]
 
 
 def _numel(value) -> int:
@@ -137,13 +163,13 @@ class _Recorder(TorchFunctionMode):
         for hook in self.hooks:
             hook.remove()
 
-    def _group(self) -> str:
-        """The shallowest non-container module around the current operator."""
+    def _group(self) -> tuple[str, nn.Module | None]:
+        """The shallowest non-container module around the current operator, and its name."""
         for name, module in self.stack:
             if name and not isinstance(module, _CONTAINERS):
-                return name
-        names = [name for name, _ in self.stack if name]
-        return names[-1] if names else "(network)"
+                return name, module
+        named = [(name, module) for name, module in self.stack if name]
+        return named[-1] if named else ("(network)", None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -162,7 +188,7 @@ class _Recorder(TorchFunctionMode):
                     or kwargs.get("inplace") is True or (name in _ACTIVATIONS and args[-1] is True))
         if all(_is_view(t, inputs) for t in outputs) and not in_place:
             return  # a view or the input itself (flatten, contiguous, dropout in eval mode)
-        group = self._group()
+        group, module = self._group()
         x = inputs[0]
         consumes_last = x is self.last_output
         if name == "conv2d":
@@ -192,7 +218,8 @@ class _Recorder(TorchFunctionMode):
             walk_op = WalkOp(Op(op_kind, f"{group}.{name}", 0.0, per_sample), fusable=fusable)
         self.last_output, self.last_kind = outputs[0], kind
         if not self.segments or self.segments[-1].block is not None or self.segments[-1].name != group:
-            self.segments.append(Segment(group))
+            composite = module is not None and next(module.children(), None) is not None
+            self.segments.append(Segment(group, composite=composite))
         self.segments[-1].ops.append(walk_op)
 
 
@@ -315,78 +342,127 @@ def resolve_rates(rates: Rates, names: list[str]) -> dict[str, float]:
     return {n: rate for n in names}
 
 
-def block_overhead_ms(hw: Hardware, block: DynamicBlock, execution: str) -> float:
-    """Fixed host-side cost of one dynamic block's forward (CPU: the Python code of the
-    sparse path around its operators; GPUs: hidden behind the kernel queue)."""
-    per_paradigm = hw.model.get("block_us", {}) if hw.kind == "cpu" else {}
-    config = block.config
-    if execution == "static" or config.paradigm == "none":
-        key = "none"
-    else:
-        key = "spatial" if config.spatial else "channel" if config.channel else "layer"
-    return per_paradigm.get(key, 0.0) * 1e-3
+def block_kind(block: DynamicBlock, execution: str) -> str:
+    """The block's paradigm in sparse execution, ``"static"`` without gates."""
+    paradigm = block.config.paradigm
+    return "static" if execution == "static" or paradigm == "none" else paradigm
 
 
-def price_ops(ops: list[Op], hw: Hardware, fused: list[bool] | None = None, learned=None) -> Cost:
-    """Summed cost of operators with the analytic model or, if given, the learned one (times
-    the profile's drift factor, :attr:`Hardware.time_scale`)."""
-    if learned is not None:
-        return total_cost(learned.op_cost(op) for op in ops) * hw.time_scale
-    return plan_cost(ops, hw, fused) * hw.time_scale
+def resolve_method(method: str, hw: Hardware) -> LearnedCorrection | None:
+    """The learned correction ``method`` asks for: ``"learned"`` (the profile must have
+    measured network pieces), ``"analytic"`` (none), or ``"auto"`` (learned when the profile
+    has them)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if method == "learned" or (method == "auto" and LearnedCorrection.available(hw)):
+        return LearnedCorrection.for_hardware(hw)
+    return None
+
+
+@dataclass
+class PiecePlan:
+    """The operators of one piece of a network (:meth:`NetworkWalk.pieces`) at one batch and
+    its blocks' rates: per segment the operators and which element-wise ones are fused
+    (``None``: as in a block's plan), and what the learned correction sees."""
+
+    kind: str                 # a kind of laudnet.latency.learned.KINDS
+    rate: float               # the block's activation rate (1 for static pieces)
+    dynamic: bool             # a dynamic block (its fixed host-side cost is priced)
+    indices: list[int]        # the segments in the walk
+    parts: list[tuple[list[Op], list[bool] | None]]
+
+    @property
+    def ops(self) -> list[Op]:
+        return [op for ops, _ in self.parts for op in ops]
+
+    @property
+    def fused(self) -> list[bool]:
+        return [f for ops, fused in self.parts
+                for f in (fused if fused is not None else [op.kind == "elementwise" for op in ops])]
+
+    def segment_costs(self, hw: Hardware) -> list[Cost]:
+        """Analytic cost of each segment (no drift scaling, no correction)."""
+        overhead = Cost(overhead_ms=block_overhead_ms(hw, self.kind)) if self.dynamic else Cost()
+        return [plan_cost(ops, hw, fused) + overhead for ops, fused in self.parts]
+
+
+def piece_plans(walk: NetworkWalk, batch_size: int, rates: dict[str, float], execution: str) -> list[PiecePlan]:
+    """The plan of every piece of ``walk`` at ``batch_size``, each block at its rate."""
+    packed = execution == "sparse" and bool(walk.blocks)
+    plans = []
+    for piece in walk.pieces():
+        first = walk.segments[piece.indices[0]]
+        if first.block is not None:
+            kind = block_kind(first.block, execution)
+            rate = 1.0 if kind == "static" else rates[first.name]
+            ops = first.block.plan(first.input_shape, batch_size, rate, "static" if kind == "static" else "sparse")
+            plans.append(PiecePlan(kind, rate, True, piece.indices, [(ops, None)]))
+            continue
+        kind = "static" if piece.anchor else "packed layers" if packed else "layers"
+        parts = [([w.at(batch_size) for w in walk.segments[i].ops], [w.fusable for w in walk.segments[i].ops])
+                 for i in piece.indices]
+        plans.append(PiecePlan(kind, 1.0, False, piece.indices, parts))
+    return plans
 
 
 def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hardware, batch_size: int,
-                rate: float, execution: str = "sparse", learned=None) -> tuple[Cost, list[Op]]:
+                rate: float, execution: str = "sparse", method: str = "auto") -> tuple[Cost, list[Op]]:
     """Predicted cost of one dynamic block on a batch of ``(C, H, W)`` inputs with every
     gate at activation ``rate`` (its execution plan priced operator by operator, plus the
-    block's fixed host-side cost), and the plan."""
-    ops = block.plan(input_shape, batch_size, rate, "static" if execution == "static" else "sparse")
-    overhead = Cost(overhead_ms=block_overhead_ms(hw, block, execution) * hw.time_scale)
-    return price_ops(ops, hw, learned=learned) + overhead, ops
+    block's fixed host-side cost, times the learned correction if ``method`` uses it), and
+    the plan."""
+    kind = block_kind(block, execution)
+    rate = 1.0 if kind == "static" else rate
+    ops = block.plan(input_shape, batch_size, rate, "static" if kind == "static" else "sparse")
+    plan = PiecePlan(kind, rate, True, [0], [(ops, None)])
+    cost = plan.segment_costs(hw)[0]
+    correction = resolve_method(method, hw)
+    if correction is not None:
+        cost = cost * correction.factors([piece_features(ops, cost, kind, batch_size, rate)])[0]
+    return cost * hw.time_scale, ops
 
 
 def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128, rates: Rates = None,
-                 method: str = "analytic", execution: str = "sparse") -> LatencyReport:
+                 method: str = "auto", execution: str = "sparse") -> LatencyReport:
     """Price a walked network (see :func:`predict_latency`)."""
     hw = load_hardware(hardware)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
     if execution not in EXECUTIONS:
         raise ValueError(f"execution {execution!r} is unknown; allowed: {', '.join(EXECUTIONS)}")
-    learned = None
-    if method == "learned":
-        learned = LearnedPredictor.for_hardware(hw)
-    per_block = resolve_rates(rates, [s.name for s in walk.blocks])
+    correction = resolve_method(method, hw)
+    plans = piece_plans(walk, batch_size, resolve_rates(rates, [s.name for s in walk.blocks]), execution)
+    costs = [plan.segment_costs(hw) for plan in plans]
+    factors = [1.0] * len(plans)
+    if correction is not None:
+        factors = correction.factors([piece_features(plan.ops, total_cost(cost), plan.kind, batch_size, plan.rate)
+                                      for plan, cost in zip(plans, costs)])
     parts = []
-    for segment in walk.segments:
-        if segment.block is None:
-            ops = [w.at(batch_size) for w in segment.ops]
-            cost = price_ops(ops, hw, [w.fusable for w in segment.ops], learned)
-            parts.append(BlockLatency(segment.name, "static", None, cost.compute_ms, cost.memory_ms, cost.overhead_ms))
-            continue
-        block, rate = segment.block, per_block[segment.name]
-        cost, _ = price_block(block, segment.input_shape, hw, batch_size, rate, execution, learned)
-        parts.append(BlockLatency(segment.name, block.config.paradigm if execution == "sparse" else "static",
-                                  None if execution == "static" else rate,
-                                  cost.compute_ms, cost.memory_ms, cost.overhead_ms))
+    for plan, segment_costs, factor in zip(plans, costs, factors):
+        for index, cost in zip(plan.indices, segment_costs):
+            cost = cost * (factor * hw.time_scale)
+            kind, rate = (plan.kind, plan.rate) if plan.dynamic and plan.kind != "static" else ("static", None)
+            parts.append(BlockLatency(walk.segments[index].name, kind, rate, cost.compute_ms, cost.memory_ms,
+                                      cost.overhead_ms))
     return LatencyReport(walk.model_name, hw.name, hw.title, hw.kind, hw.calibrated, batch_size, walk.input_size,
-                         method, execution, parts)
+                         "analytic" if correction is None else "learned", execution, parts)
 
 
 def predict_latency(model: nn.Module | NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128,
-                    input_size: int | None = None, rates: Rates = None, method: str = "analytic",
+                    input_size: int | None = None, rates: Rates = None, method: str = "auto",
                     execution: str = "sparse") -> LatencyReport:
     """Predicted latency of one batch of ``model`` on ``hardware``.
 
-    ``model`` is a torchvision or laudnet network, for ``input_size`` inputs (default 224) (or a :class:`NetworkWalk` of one, to price
-    it several times without walking it again). ``rates`` are the activation rates of the
-    dynamic blocks: ``None`` (all 1), a number for every block, ``laudnet.stats(model)`` of a
-    real forward pass, or a dict per block name. ``execution="static"`` prices the dynamic
-    blocks without their gates. ``method="learned"`` prices operators with the gradient-boosted
-    predictor trained on the calibration measurements of the profile (``local`` only).
-    ``report.total_ms`` is the latency of one batch; ``report.blocks`` the breakdown.
+    ``model`` is a torchvision or laudnet network, for ``input_size`` inputs (default 224)
+    (or a :class:`NetworkWalk` of one, to price it several times without walking it again).
+    ``rates`` are the activation rates of the dynamic blocks: ``None`` (all 1), a number for
+    every block, ``laudnet.stats(model)`` of a real forward pass, or a dict per block name.
+    ``execution="static"`` prices the dynamic blocks without their gates.
+    ``method="learned"`` multiplies the analytic cost of each piece of the network (each
+    block, each run of static layers) by the learned correction trained on the network pieces
+    that calibration measured (:mod:`laudnet.latency.learned`; a calibrated ``local``
+    profile); ``"analytic"`` leaves it out; ``"auto"`` (default) uses it when the profile has
+    it. ``report.total_ms`` is the latency of one batch; ``report.blocks`` the breakdown.
     """
     if isinstance(model, NetworkWalk):
         walk = model

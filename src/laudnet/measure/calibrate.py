@@ -4,8 +4,11 @@ efficiency parameters of the cost model (:mod:`laudnet.latency.cost`) to them.
 The micro-benchmarks (:mod:`laudnet.measure.microbenchmarks`) are the kernels the engine
 runs, each described by the plan operator (:class:`laudnet.sparse.plan.Op`) that stands for
 it in execution plans, plus tiny blocks (a few channels on a 4×4 or 6×6 map, shapes no
-network uses) for the fixed Python cost of a block. Whole blocks of real networks are never
-measured here: they are the held-out set of ``laudnet latency validate``.
+network uses) for the fixed Python cost of a block. They fit the analytic model, which
+prices what cannot be measured. Then whole networks are timed piece by piece
+(:mod:`laudnet.measure.pieces`: each block, each run of static layers, every block at its
+own random rate, so never one of the held-out networks of ``laudnet latency validate
+--networks``, which have one rate for all) for the learned correction.
 
 Each timing is the median of ``repeats`` rounds after a warm-up, a round looping the call
 long enough (≥ 2 ms) for the timer. Calibration (and validation) run with
@@ -13,8 +16,8 @@ long enough (≥ 2 ms) for the timer. Calibration (and validation) run with
 allocator reuses memory. Fits minimise the log-ratio of predicted to measured
 time (robust loss): bandwidths per memory level, then per operator kind a fixed overhead
 and an efficiency, then GEMM and convolution efficiencies with their half-saturation
-dimensions. The fitted profile is written with the measurements, which also train the
-learned predictor (:mod:`laudnet.latency.learned`).
+dimensions. The fitted profile is written with the measurements; the network pieces
+train the learned correction (:mod:`laudnet.latency.learned`) wherever the profile is used.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..latency.cost import MEMORY_KINDS, plan_cost
+from ..latency.cost import MEMORY_KINDS, block_overhead_ms, plan_cost
+from ..latency.learned import analytic_cost, held_out_predictions
 from ..latency.hardware import Cache, Hardware, save_hardware, user_profile_dir
 from ..latency.samples import Sample
 from ..machine import cpu_field, cpu_flags, cpu_name
 from ..outputs import check_file
 from .drift import reference_ms
+from .pieces import measure_networks
+
+NETWORKS = 40
+"""Networks calibration times piece by piece (at most :data:`NETWORK_SECONDS`)."""
+NETWORK_SECONDS = 360.0
 from .microbenchmarks import BLOCK_PARADIGMS, FAMILIES, measure
 from .timing import STATISTICS, stable_allocator
 
@@ -188,23 +197,33 @@ def fit(samples: list[Sample], hw: Hardware) -> Hardware:
     return hw
 
 
-def _block_ms(hw: Hardware, sample: Sample) -> float:
-    paradigm = sample.meta.get("paradigm")
-    return hw.model.get("block_us", {}).get(paradigm, 0.0) * 1e-3 if paradigm else 0.0
+def _errors_summary(errors: np.ndarray) -> dict[str, float]:
+    return dict(n=len(errors), rmspe=float(np.sqrt(np.mean(errors ** 2))),
+                median_abs_error=float(np.median(np.abs(errors))), within_10=float(np.mean(np.abs(errors) <= 0.1)))
 
 
 def fit_report(samples: list[Sample], hw: Hardware) -> dict[str, dict[str, float]]:
     """Per family: number of samples, RMS and median absolute percentage error and share
-    within ±10 % of the fitted model on its own calibration measurements."""
+    within ±10 % of the fitted analytic model on its own calibration measurements; for the
+    network pieces also of the learned correction on networks it was not trained on."""
     report = {}
     for family in FAMILIES:
         chosen = [s for s in samples if s.family == family]
-        if not chosen:
-            continue
-        errors = np.array([(plan_cost(s.ops, hw).total_ms + _block_ms(hw, s)) / s.ms - 1 for s in chosen])
-        report[family] = dict(n=len(chosen), rmspe=float(np.sqrt(np.mean(errors ** 2))),
-                              median_abs_error=float(np.median(np.abs(errors))),
-                              within_10=float(np.mean(np.abs(errors) <= 0.1)))
+        if chosen:
+            overhead = [block_overhead_ms(hw, s.meta["paradigm"]) if family == "block" else 0.0 for s in chosen]
+            report[family] = _errors_summary(np.array([(plan_cost(s.ops, hw).total_ms + o) / s.ms - 1
+                                                       for s, o in zip(chosen, overhead)]))
+    pieces = [s for s in samples if s.family == "piece"]
+    if pieces:
+        report["piece"] = _errors_summary(np.array([analytic_cost(s, hw).total_ms / s.ms - 1 for s in pieces]))
+        held_out = held_out_predictions(samples, hw)
+        if held_out:
+            report["piece, learned"] = _errors_summary(np.array([p / s.ms - 1 for s, p in held_out]))
+            networks: dict[tuple, list[float]] = {}
+            for s, p in held_out:
+                totals = networks.setdefault((s.meta["network"], s.meta.get("model")), [0.0, 0.0])
+                totals[0], totals[1] = totals[0] + p, totals[1] + s.ms
+            report["network, learned"] = _errors_summary(np.array([p / m - 1 for p, m in networks.values()]))
     return report
 
 
@@ -222,11 +241,16 @@ def starting_profile(threads: int) -> Hardware:
 
 
 def calibrate(out: str | Path | None = None, threads: int | None = None, scale: float = 1.0, repeats: int = 7,
-              seed: int = 0, progress: bool = True, statistic: str = "median") -> tuple[Hardware, dict]:
+              seed: int = 0, progress: bool = True, statistic: str = "median", networks: int = NETWORKS,
+              network_seconds: float | None = NETWORK_SECONDS) -> tuple[Hardware, dict]:
     """Measure this CPU, fit the profile, write it (default: ``local.json`` in the user
-    profile directory) and return it with the fit report."""
+    profile directory) and return it with the fit report. The micro-benchmarks fit the
+    analytic model; then up to ``networks`` whole networks (at most ``network_seconds``)
+    are timed piece by piece for the learned correction (:mod:`laudnet.measure.pieces`)."""
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    if networks < 0:
+        raise ValueError(f"the number of calibration networks must be 0 or more, got {networks}")
     if statistic not in STATISTICS:
         raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
     if threads is not None:
@@ -239,11 +263,17 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
     started = time.perf_counter()
     samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
     hw = fit(samples, starting_profile(threads))
+    kernels = len(samples)
+    if networks:
+        samples += measure_networks(networks, max(3, repeats - 2), seed, progress, network_seconds)
     report = fit_report(samples, hw)
+    pieces = len(samples) - kernels
+    measured = len({s.meta["network"] for s in samples[kernels:]})
     data = hw.to_dict()
     data["name"] = path.stem
     data["sources"] = [f"measured by `laudnet latency calibrate` on {datetime.date.today().isoformat()} "
-                       f"({len(samples)} micro-benchmarks, {statistic} of {repeats} rounds each, "
+                       f"({kernels} micro-benchmarks, {statistic} of {repeats} rounds each; {pieces} pieces of "
+                       f"{measured} network{'' if measured == 1 else 's'}; "
                        f"{time.perf_counter() - started:.0f} s)",
                        "cache sizes from /sys/devices/system/cpu/cpu0/cache, clock and vector width from /proc/cpuinfo"]
     data["notes"] = (f"torch {torch.__version__}, {threads} threads, {allocator} (see "

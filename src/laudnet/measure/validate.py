@@ -27,7 +27,7 @@ from ..blocks import Decision, DynamicBlock, FixedDecisions
 from ..blocks.resnet import DynamicBasicBlock, DynamicBottleneck
 from ..config import StageConfig
 from ..latency.hardware import Hardware, load_hardware
-from ..latency.learned import LearnedPredictor
+from ..latency.learned import LearnedCorrection
 from ..latency.predictor import price_block
 from .bench import machine_description, spatial_granularities
 from .resnet import RESNET18_BLOCKS, RESNET50_BLOCKS, downsample
@@ -142,10 +142,10 @@ def measure_block(config: BlockConfig, repeats: int = 7, decisions: int = 3, sta
     return time_call(run, repeats, statistic=statistic) / decisions
 
 
-def predict_block(config: BlockConfig, hw: Hardware, learned=None) -> float:
+def predict_block(config: BlockConfig, hw: Hardware, method: str = "auto") -> float:
     """Predicted milliseconds of the block from its execution plan."""
     cost, _ = price_block(build_block(config), (config.in_channels, config.side, config.side), hw, config.batch,
-                          config.rate, learned=learned)
+                          config.rate, method=method)
     return cost.total_ms
 
 
@@ -258,16 +258,12 @@ def validate(n: int = 60, seed: int = 1, hardware: str | Hardware = "local", rep
     if profile_threads is not None and profile_threads != torch.get_num_threads():
         raise ValueError(f"profile {hw.name!r} was calibrated with {profile_threads} threads but torch uses "
                          f"{torch.get_num_threads()}; pass threads={profile_threads}")
-    learned = LearnedPredictor.for_hardware(hw) if hw.samples else None
+    names = ["analytic"] + (["learned"] if LearnedCorrection.available(hw) else [])
     rows = []
     for config in tqdm(configs, desc="validating", disable=not progress, unit="block"):
-        row = dict(asdict(config), label=config.label,
-                   measured_ms=measure_block(config, repeats, decisions, statistic),
-                   analytic_ms=predict_block(config, hw))
-        if learned is not None:
-            row["learned_ms"] = predict_block(config, hw, learned)
+        row = dict(asdict(config), label=config.label, measured_ms=measure_block(config, repeats, decisions, statistic))
+        row.update({f"{name}_ms": predict_block(config, hw, name) for name in names})
         rows.append(row)
-    names = ["analytic"] + (["learned"] if learned is not None else [])
     metrics = {name: accuracy([r[name + "_ms"] for r in rows], [r["measured_ms"] for r in rows]) for name in names}
     return ValidationResult(hw.name, machine_description(), torch.get_num_threads(), statistic, seed, rows, metrics)
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .. import checks
 from ..dynamic import set_decisions, set_execution, stats
 from ..latency.hardware import Hardware
+from ..latency.learned import LearnedCorrection
 from ..latency.predictor import predict_latency
 from ..models import convert, create_model
 from .bench import machine_description
@@ -120,13 +121,14 @@ def measure_network(config: NetworkConfig, repeats: int = 7) -> dict:
                 speedup=speedup.median, speedup_iqr=list(speedup.spread), rates=stats(dynamic).mean_rates)
 
 
-def predict_network(config: NetworkConfig, hw: Hardware, rates: dict[str, float] | None = None) -> dict[str, float]:
+def predict_network(config: NetworkConfig, hw: Hardware, rates: dict[str, float] | None = None,
+                    method: str = "auto") -> dict[str, float]:
     """Predicted milliseconds of the sparse network (at the blocks' ``rates``, default the
     configuration's rate everywhere) and of the static one, and their ratio."""
     static, dynamic = build_networks(config, meta=True)
     sparse = predict_latency(dynamic, hw, config.batch, config.input_size,
-                             rates=config.rate if rates is None else rates).total_ms
-    dense = predict_latency(static, hw, config.batch, config.input_size).total_ms
+                             rates=config.rate if rates is None else rates, method=method).total_ms
+    dense = predict_latency(static, hw, config.batch, config.input_size, method=method).total_ms
     return dict(sparse_ms=sparse, static_ms=dense, speedup=dense / sparse)
 
 
@@ -178,17 +180,26 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     hw = cpu_profile(hardware)
     stable_allocator()  # as calibration ran
     hw, drift = rescale_for_drift(hw)
+    learned = LearnedCorrection.available(hw)
     rows = []
     for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
         measured = measure_network(config, repeats)
         realized = measured.pop("rates")
         predicted = predict_network(config, hw, realized)
-        rows.append(dict(asdict(config), label=config.label, realized_rate=float(np.mean(list(realized.values()))),
-                         **{f"measured_{k}": v for k, v in measured.items()},
-                         **{f"predicted_{k}": v for k, v in predicted.items()}))
-    metrics = {name: accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
-               for name, key in (("sparse latency", "sparse_ms"), ("static latency", "static_ms"),
-                                 ("speedup", "speedup"))}
+        row = dict(asdict(config), label=config.label, realized_rate=float(np.mean(list(realized.values()))),
+                   **{f"measured_{k}": v for k, v in measured.items()},
+                   **{f"predicted_{k}": v for k, v in predicted.items()})
+        if learned:  # the analytic prior alone, for comparison
+            row.update({f"analytic_{k}": v for k, v in predict_network(config, hw, realized, "analytic").items()})
+        rows.append(row)
+    quantities = (("sparse latency", "sparse_ms"), ("static latency", "static_ms"), ("speedup", "speedup"))
+    method = "learned" if learned else "analytic"
+    metrics = {f"{name}, {method}": accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
+               for name, key in quantities}
+    if learned:
+        metrics.update({f"{name}, analytic only": accuracy([r[f"analytic_{key}"] for r in rows],
+                                                           [r[f"measured_{key}"] for r in rows])
+                        for name, key in quantities})
     return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
 
 

@@ -1,0 +1,186 @@
+"""The learned correction of a calibrated CPU profile: pieces of a walked network, their
+timing inside forward passes, the correction trained on measured pieces and applied by the
+predictor. Measured times enter only as synthetic data with known factors, or as the
+structure of real timings (never their values)."""
+
+import dataclasses
+import functools
+import math
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import laudnet
+from laudnet.cli import main
+from laudnet.dynamic import dynamic_blocks, set_decisions, stats
+from laudnet.latency.hardware import load_hardware, save_hardware
+from laudnet.latency.learned import LearnedCorrection, held_out_predictions
+from laudnet.latency.predictor import piece_plans, predict_walk, price_block, walk_network
+from laudnet.latency.samples import Sample
+from laudnet.measure import pieces
+from laudnet.measure.calibrate import calibrate
+from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
+from laudnet.measure.validate_networks import NetworkConfig
+
+FACTORS = {"packed layers": 1.3, "layers": 0.8, "static": 0.7, "spatial": 1.6, "channel": 2.0}
+"""Measured / analytic time of each kind of piece in the synthetic calibrations."""
+
+
+@pytest.fixture(autouse=True)
+def _no_user_profiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUDNET_PROFILE_DIR", str(tmp_path / "profiles"))
+
+
+@functools.lru_cache(maxsize=None)
+def _walks(size: int) -> dict:
+    with torch.device("meta"):
+        walks = {p: walk_network(laudnet.create_model("resnet18", paradigm=p), size) for p in ("spatial", "channel")}
+        walks["static"] = walk_network(torchvision.models.resnet18(), size)
+    return walks
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic_profile(seed: int = 0, networks: int = 12):
+    """``x86_avx2`` with network pieces whose measured time is the analytic one times the
+    factor of their kind (2 % noise)."""
+    hw = load_hardware("x86_avx2")
+    rng = random.Random(seed)
+    samples = []
+    for n in range(networks):
+        size, batch = rng.choice([64, 96, 128]), rng.choice([1, 2, 4])
+        for name, walk in _walks(size).items():
+            rates = {s.name: rng.uniform(0.1, 1.0) for s in walk.blocks}
+            for plan in piece_plans(walk, batch, rates, "sparse"):
+                ms = sum(c.total_ms for c in plan.segment_costs(hw)) * FACTORS[plan.kind] * math.exp(rng.gauss(0, 0.02))
+                samples.append(Sample("piece", plan.ops, ms, dict(kind=plan.kind, batch=batch, rate=plan.rate,
+                                                                   dynamic=plan.dynamic, fused=plan.fused,
+                                                                   network=f"{name}-{n}")))
+    return dataclasses.replace(hw, name="synthetic", samples=tuple(s.to_dict() for s in samples))
+
+
+def test_walk_pieces_are_blocks_and_the_static_runs_between_them():
+    walks = _walks(64)
+    for name, walk in walks.items():
+        pieces = walk.pieces()
+        assert [i for p in pieces for i in p.indices] == list(range(len(walk.segments)))
+        assert [p.anchor for p in pieces] == [False] + [True] * 8 + [False]
+        assert [walk.segments[i].name for i in pieces[0].indices] == ["conv1", "bn1", "relu", "maxpool"]
+        assert walk.segments[pieces[1].indices[0]].name == "layer1.0"
+    kinds = {name: [p.kind for p in piece_plans(walk, 2, {s.name: 0.5 for s in walk.blocks}, "sparse")]
+             for name, walk in walks.items()}
+    assert kinds["spatial"] == ["packed layers"] + ["spatial"] * 8 + ["packed layers"]
+    assert kinds["static"] == ["layers"] + ["static"] * 8 + ["layers"]
+    static_plans = piece_plans(walks["spatial"], 2, {}, "static")
+    assert [p.kind for p in static_plans] == ["layers"] + ["static"] * 8 + ["layers"]
+
+
+def test_piece_timer_partitions_each_forward_pass():
+    model = laudnet.convert(torchvision.models.resnet18(), paradigm="spatial").eval()
+    laudnet.set_execution(model, "sparse")
+    set_decisions(model, 0.5)
+    walk = walk_network(model, 64)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
+    with torch.no_grad(), piece_timer(model, walk) as times:
+        for _ in range(2):
+            start = time.perf_counter()
+            model(x)
+            wall = time.perf_counter() - start
+            assert len(times) == len(walk.pieces()) and all(t > 0 for t in times)
+            assert sum(times) <= wall
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks  # removed
+    with pytest.raises(RuntimeError, match="saw 3 marks for 8 blocks; expected 18"):
+        _durations(walk.pieces(), [0.0, 1.0, 2.0])
+
+
+def test_measure_pieces_gives_one_sample_per_piece_at_the_realized_rates():
+    config = NetworkConfig("resnet18", 64, 2, "layer+spatial", 2, 0.5)
+    samples = measure_pieces(config, repeats=2, seed=3)
+    sparse = [s for s in samples if s.meta["kind"] in ("packed layers", "layer+spatial")]
+    static = [s for s in samples if s.meta["kind"] in ("layers", "static")]
+    assert len(sparse) == len(static) == 10 and len(samples) == 20
+    assert all(s.family == "piece" and s.ms > 0 and s.ops for s in samples)
+    rates = [s.meta["rate"] for s in sparse if s.meta["dynamic"]]
+    assert len(set(np.round(rates, 6))) > 1  # every block its own rate
+    again = Sample.from_dict(samples[1].to_dict())
+    assert again.meta == samples[1].meta and again.ops == samples[1].ops
+
+
+def test_calibration_networks_are_seeded_and_cover_other_sizes():
+    configs = calibration_networks(6, seed=0)
+    assert configs == calibration_networks(6, seed=0)
+    assert {c.input_size for c in configs} - {128, 160, 192, 224}  # sizes the validation never uses
+
+
+def test_set_decisions_takes_one_rate_per_block():
+    model = laudnet.create_model("resnet18", paradigm="channel").eval()
+    names = [name for name, _ in dynamic_blocks(model)]
+    rates = {name: 0.25 if i % 2 else 1.0 for i, name in enumerate(names)}
+    set_decisions(model, rates)
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))
+    realized = stats(model).mean_rates
+    assert [round(realized[n], 2) for n in names] == [0.25 if i % 2 else 1.0 for i in range(len(names))]
+    with pytest.raises(ValueError, match="not matching: \\['layer1.0'\\]"):
+        set_decisions(model, {n: 0.5 for n in names[1:]})
+
+
+def test_learned_correction_recovers_the_factor_of_each_kind():
+    hw = _synthetic_profile()
+    assert LearnedCorrection.available(hw) and not LearnedCorrection.available(load_hardware("x86_avx2"))
+    for name, walk in _walks(112).items():  # a size no calibration network had
+        rates = {s.name: 0.4 for s in walk.blocks}
+        learned = predict_walk(walk, hw, 3, rates)
+        analytic = predict_walk(walk, hw, 3, rates, method="analytic")
+        assert learned.method == "learned" and analytic.method == "analytic"
+        for plan in piece_plans(walk, 3, rates, "sparse"):
+            ratio = (sum(learned.blocks[i].total_ms for i in plan.indices)
+                     / sum(analytic.blocks[i].total_ms for i in plan.indices))
+            assert ratio == pytest.approx(FACTORS[plan.kind], rel=0.1), (name, plan.kind)
+        again = predict_walk(walk, hw, 3, rates)
+        assert again.total_ms == learned.total_ms
+    held_out = held_out_predictions([Sample.from_dict(s) for s in hw.samples], hw, folds=3)
+    errors = [p / s.ms - 1 for s, p in held_out]
+    assert len(errors) == len(hw.samples) and np.median(np.abs(errors)) < 0.05
+
+
+def test_block_prices_use_the_correction_and_the_drift_factor():
+    hw = _synthetic_profile()
+    block = laudnet.create_model("resnet18", paradigm="spatial").layer2[1]
+    analytic, ops = price_block(block, (128, 16, 16), hw, 2, 0.5, method="analytic")
+    learned, same = price_block(block, (128, 16, 16), hw, 2, 0.5)
+    assert same == ops and learned.total_ms / analytic.total_ms == pytest.approx(1.6, rel=0.1)
+    slower, _ = price_block(block, (128, 16, 16), hw.scaled(1.5), 2, 0.5)
+    assert slower.total_ms == pytest.approx(1.5 * learned.total_ms)
+
+
+def test_learned_correction_from_a_saved_profile_and_the_command_line(tmp_path, capsys):
+    hw = _synthetic_profile()
+    path = tmp_path / "mine.json"
+    save_hardware(dict(hw.to_dict(), samples=list(hw.samples)), path)
+    loaded = load_hardware(str(path))
+    assert LearnedCorrection.available(loaded)
+    assert main(["predict", "--arch", "resnet18", "--paradigm", "spatial", "--rate", "0.5", "--hardware",
+                 str(path), "--batch-size", "2", "--input-size", "96"]) == 0
+    assert "learned model" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "--arch", "resnet18", "--hardware", "x86_avx2", "--method", "exact"])
+    assert main(["predict", "--arch", "resnet18", "--hardware", "x86_avx2", "--method", "learned"]) != 0
+    assert "needs at least 20 measured network pieces" in capsys.readouterr().err
+
+
+def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch):
+    tiny = [NetworkConfig("resnet18", 64, 1, "spatial", None, 0.5)]
+    monkeypatch.setattr(pieces, "calibration_networks", lambda n, seed: tiny[:n])
+    hw, report = calibrate(tmp_path / "mine.json", threads=1, scale=0.01, repeats=1, progress=False, networks=1)
+    loaded = load_hardware(str(tmp_path / "mine.json"))
+    kinds = sorted({s["meta"]["kind"] for s in loaded.samples if s["family"] == "piece"})
+    assert kinds == ["layers", "packed layers", "spatial", "static"]
+    assert report["piece"]["n"] == 20 and "network, learned" not in report and "20 pieces of 1 network;" in loaded.sources[0]
+    assert LearnedCorrection.available(loaded)
+    with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
+        calibrate(tmp_path / "other.json", networks=-1)
