@@ -24,7 +24,7 @@ from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure.calibrate import calibrate
 from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
-from laudnet.measure.validate_networks import NetworkConfig
+from laudnet.measure.validate_networks import NetworkConfig, validate_networks
 
 FACTORS = {"packed layers": 1.3, "layers": 0.8, "static": 0.7, "spatial": 1.6, "channel": 2.0}
 """Measured / analytic time of each kind of piece in the synthetic calibrations."""
@@ -184,3 +184,15 @@ def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch)
     assert LearnedCorrection.available(loaded)
     with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
         calibrate(tmp_path / "other.json", networks=-1)
+
+
+def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp_path):
+    result = validate_networks(1, seed=3, hardware=_synthetic_profile(), repeats=2, archs=("resnet18",),
+                               input_sizes=(64,), progress=False)
+    assert set(result.metrics) == {f"{q}, {m}" for q in ("sparse latency", "static latency", "speedup")
+                                   for m in ("learned", "analytic only")}
+    row = result.rows[0]
+    assert row["predicted_static_ms"] / row["analytic_static_ms"] == pytest.approx(
+        FACTORS["static"], rel=0.15)  # mostly residual blocks, priced 0.7 times the analytic model
+    paths = result.write(tmp_path)
+    assert paths["png"].stat().st_size > 0 and "analytic only" in paths["md"].read_text()

@@ -29,4 +29,4 @@ def test_whole_network_validation_samples_valid_networks_and_reports_speedups(tm
     assert row["predicted_speedup"] == pytest.approx(row["predicted_static_ms"] / row["predicted_sparse_ms"])
     assert set(result.metrics) == {"sparse latency, analytic", "static latency, analytic", "speedup, analytic"}
     paths = result.write(tmp_path)
-    assert "| resnet18 64px" in paths["md"].read_text()
+    assert "| resnet18 64px" in paths["md"].read_text() and paths["png"].stat().st_size > 0

@@ -32,7 +32,7 @@ from ..models import convert, create_model
 from .bench import machine_description
 from .drift import rescale_for_drift
 from .timing import interleaved, ratio, stable_allocator
-from .validate import accuracy, cpu_profile
+from .validate import accuracy, cpu_profile, scatter_against_measured
 
 NETWORK_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "regnet_y_400mf", "regnet_y_800mf", "mobilenet_v2")
 NETWORK_PARADIGMS = ("spatial", "channel", "layer", "layer+spatial", "layer+channel")
@@ -41,6 +41,10 @@ NETWORK_BATCHES = (1, 2, 4)
 NETWORK_RATES = (0.25, 0.5, 0.75)
 SPATIAL_GRANULARITIES = (None, 1, 2, 4)
 CHANNEL_GRANULARITIES = (None, 1, 2, 4, 8)
+
+
+QUANTITIES = (("sparse latency", "sparse_ms"), ("static latency", "static_ms"), ("speedup", "speedup"))
+"""What whole-network validation compares: its name in the metrics and its key in the rows."""
 
 
 @dataclass(frozen=True)
@@ -161,11 +165,40 @@ class NetworkValidation:
                          f"{r['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | {r['predicted_speedup']:.2f}x |")
         return "\n".join(lines) + "\n"
 
+    def plot(self, path: Path) -> None:
+        """Predicted against measured latency (sparse and static networks) and speedup."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (latency, speedup) = plt.subplots(1, 2, figsize=(10, 5))
+        series = {name: {key: ([r[f"{prefix}_{key}"] for r in self.rows], [r[f"measured_{key}"] for r in self.rows],
+                               self.metrics[f"{quantity}, {name}"])
+                         for quantity, key in QUANTITIES}
+                  for name, prefix in (("analytic only", "analytic"), (self.method, "predicted"))
+                  if f"speedup, {name}" in self.metrics}
+        scatter_against_measured(latency, {f"{kind} ({name})": series[name][key] for name in series
+                                           for kind, key in (("sparse", "sparse_ms"), ("static", "static_ms"))})
+        latency.set(xlabel="measured ms", ylabel="predicted ms", title="Whole networks: latency")
+        scatter_against_measured(speedup, {name: series[name]["speedup"] for name in series})
+        speedup.set(xlabel="measured speedup (static / sparse)", ylabel="predicted speedup",
+                    title="Whole networks: speedup")
+        fig.suptitle(f"{len(self.rows)} held-out networks on {self.hardware}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+
+    @property
+    def method(self) -> str:
+        return "learned" if any(k.endswith(", learned") for k in self.metrics) else "analytic"
+
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         out_dir = Path(out_dir)
-        paths = {"json": out_dir / "networks.json", "md": out_dir / "networks.md"}
+        paths = {"json": out_dir / "networks.json", "md": out_dir / "networks.md", "png": out_dir / "networks.png"}
         paths["json"].write_text(json.dumps(asdict(self), indent=1) + "\n")
         paths["md"].write_text(self.markdown())
+        self.plot(paths["png"])
         return paths
 
 
@@ -192,14 +225,13 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
         if learned:  # the analytic prior alone, for comparison
             row.update({f"analytic_{k}": v for k, v in predict_network(config, hw, realized, "analytic").items()})
         rows.append(row)
-    quantities = (("sparse latency", "sparse_ms"), ("static latency", "static_ms"), ("speedup", "speedup"))
     method = "learned" if learned else "analytic"
     metrics = {f"{name}, {method}": accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
-               for name, key in quantities}
+               for name, key in QUANTITIES}
     if learned:
         metrics.update({f"{name}, analytic only": accuracy([r[f"analytic_{key}"] for r in rows],
                                                            [r[f"measured_{key}"] for r in rows])
-                        for name, key in quantities})
+                        for name, key in QUANTITIES})
     return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
 
 
