@@ -91,6 +91,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                  help="validate on N whole networks (random architecture, input size, batch, "
                                       "paradigm, granularity, rate), sparse and static measured interleaved, "
                                       "instead of blocks")
+    validate_parser.add_argument("--remeasure", action="store_true",
+                                 help="with --networks: measure every network a second time and report how well "
+                                      "the two passes agree (the machine's noise floor)")
     validate_parser.add_argument("--out", type=Path, default=Path("latency-validation"))
     validate_parser.set_defaults(run=validate_command)
 
@@ -156,11 +159,14 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    if args.remeasure and not args.networks:
+        raise ValueError("--remeasure applies to whole networks: add --networks")
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
     with claim(args.out):
         if args.networks:
-            result = validate_networks(args.n, args.seed, args.hardware, args.repeats, threads=threads)
+            result = validate_networks(args.n, args.seed, args.hardware, args.repeats, threads=threads,
+                                       remeasure=args.remeasure)
         else:
             result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads,
                               args.statistic, paradigms=paradigms)

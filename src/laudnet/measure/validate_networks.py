@@ -204,9 +204,11 @@ class NetworkValidation:
 
 def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7,
                       threads: int | None = None, progress: bool = True, archs: tuple[str, ...] = NETWORK_ARCHS,
-                      input_sizes: tuple[int, ...] = INPUT_SIZES) -> NetworkValidation:
+                      input_sizes: tuple[int, ...] = INPUT_SIZES, remeasure: bool = False) -> NetworkValidation:
     """Measure ``n`` held-out networks with ``threads`` (default: PyTorch's) and compare them
-    with the predictions on ``hardware`` (a CPU profile, rescaled for drift when calibrated)."""
+    with the predictions on ``hardware`` (a CPU profile, rescaled for drift when calibrated).
+    With ``remeasure``, every network is measured a second time after the first pass, and the
+    agreement of the two passes (this machine's noise floor) is reported with the rest."""
     configs = sample_networks(n, seed, archs, input_sizes)
     if threads is not None:
         torch.set_num_threads(checks.positive_int("threads", threads))
@@ -231,6 +233,13 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     if learned:
         metrics.update({f"{name}, analytic only": accuracy([r[f"analytic_{key}"] for r in rows],
                                                            [r[f"measured_{key}"] for r in rows])
+                        for name, key in QUANTITIES})
+    if remeasure:
+        for config, row in zip(tqdm(configs, desc="measuring again", disable=not progress, unit="network"), rows):
+            again = measure_network(config, repeats)
+            row.update({f"remeasured_{key}": again[key] for _, key in QUANTITIES})
+        metrics.update({f"{name}, measured again": accuracy([r[f"remeasured_{key}"] for r in rows],
+                                                            [r[f"measured_{key}"] for r in rows])
                         for name, key in QUANTITIES})
     return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
 
