@@ -228,6 +228,8 @@ class ValidationResult:
 def scatter_against_measured(ax, series: dict[str, tuple[list[float], list[float], dict]]) -> None:
     """Predicted against measured values on log axes with the ±10 % band; ``series`` maps a
     label to ``(predicted, measured, accuracy metrics)``."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     values = [v for predicted, measured, _ in series.values() for v in list(predicted) + list(measured)]
     low, high = min(values) / 1.3, max(values) * 1.3
     line = np.array([low, high])
@@ -237,6 +239,10 @@ def scatter_against_measured(ax, series: dict[str, tuple[list[float], list[float
         ax.scatter(measured, predicted, s=14, marker=marker, alpha=0.75,
                    label=f"{name}: {m['within_10']:.0%} within ±10 %, ρ={m['spearman']:.3f}")
     ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high))
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain if high / low < 20 else NullFormatter())
     ax.legend(fontsize=7, loc="upper left")
 
 
