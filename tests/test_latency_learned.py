@@ -125,7 +125,7 @@ def test_set_decisions_takes_one_rate_per_block():
         model(torch.randn(4, 3, 64, 64))
     realized = stats(model).mean_rates
     assert [round(realized[n], 2) for n in names] == [0.25 if i % 2 else 1.0 for i in range(len(names))]
-    with pytest.raises(ValueError, match="not matching: \\['layer1.0'\\]"):
+    with pytest.raises(ValueError, match="unknown \\[\\], missing \\['layer1.0'\\]"):
         set_decisions(model, {n: 0.5 for n in names[1:]})
 
 

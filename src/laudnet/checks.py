@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 
 def _given(value) -> str:
@@ -51,6 +51,17 @@ def number(name: str, value, low: float | None = None, high: float | None = None
 def rate(name: str, value) -> float:
     """An activation rate: a number in ``[0, 1]``."""
     return number(name, value, 0.0, 1.0)
+
+
+def block_rates(rates: Mapping, names: Sequence[str]) -> dict[str, float]:
+    """One activation rate per dynamic block from a dict that names every block in ``names``
+    exactly, in the order of ``names``."""
+    unknown = sorted(set(rates) - set(names))
+    missing = [n for n in names if n not in rates]
+    if unknown or missing:
+        raise ValueError(f"rates per block must name every dynamic block exactly; unknown {unknown[:5]}, "
+                         f"missing {missing[:5]}; blocks: {', '.join(names[:8])}{'...' if len(names) > 8 else ''}")
+    return {n: rate(f"activation rate of block {n}", rates[n]) for n in names}
 
 
 def flag(name: str, value) -> bool:

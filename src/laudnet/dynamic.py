@@ -65,11 +65,7 @@ def set_decisions(model: nn.Module, rate: float | Mapping[str, float], seed: int
     seed = checks.integer("seed", seed)
     blocks = _blocks_or_raise(model)
     if isinstance(rate, Mapping):
-        names = [name for name, _ in blocks]
-        wrong = sorted(set(rate) ^ set(names))
-        if wrong:
-            raise ValueError(f"rates per block must name every dynamic block exactly; not matching: {wrong[:5]}")
-        rates = [checks.rate(f"rate of block {name}", rate[name]) for name in names]
+        rates = list(checks.block_rates(rate, [name for name, _ in blocks]).values())
     else:
         rates = [checks.rate("rate", rate)] * len(blocks)
     for index, ((_, block), block_rate) in enumerate(zip(blocks, rates)):

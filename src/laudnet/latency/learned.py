@@ -63,6 +63,12 @@ def analytic_cost(sample: Sample, hw: Hardware) -> Cost:
     return plan_cost(sample.ops, hw, sample.meta.get("fused")) + Cost(overhead_ms=overhead)
 
 
+def sample_features(sample: Sample, hw: Hardware) -> tuple[list[float], Cost]:
+    """:func:`piece_features` of a measured piece on ``hw``, and its analytic cost."""
+    cost = analytic_cost(sample, hw)
+    return piece_features(sample.ops, cost, sample.meta["kind"], sample.meta["batch"], sample.meta["rate"]), cost
+
+
 class LearnedCorrection:
     """Gradient-boosted regressor of ``log(measured / analytic)`` over measured pieces."""
 
@@ -75,8 +81,8 @@ class LearnedCorrection:
                              f"profile {hw.name!r} has {len(pieces)}; run `laudnet latency calibrate`")
         rows, targets, weights = [], [], []
         for s in pieces:
-            cost = analytic_cost(s, hw)
-            rows.append(piece_features(s.ops, cost, s.meta["kind"], s.meta["batch"], s.meta["rate"]))
+            row, cost = sample_features(s, hw)
+            rows.append(row)
             targets.append(math.log(s.ms / max(cost.total_ms, 1e-9)))
             weights.append(math.sqrt(s.ms))
         model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
@@ -117,8 +123,6 @@ def held_out_predictions(samples: list[Sample], hw: Hardware, folds: int = 5) ->
             continue
         correction = LearnedCorrection(train, hw)
         test = [s for s in pieces if s.meta["network"] in held]
-        costs = [analytic_cost(s, hw) for s in test]
-        factors = correction.factors([piece_features(s.ops, c, s.meta["kind"], s.meta["batch"], s.meta["rate"])
-                                      for s, c in zip(test, costs)])
-        out += [(s, c.total_ms * f) for s, c, f in zip(test, costs, factors)]
+        rows, costs = zip(*(sample_features(s, hw) for s in test))
+        out += [(s, c.total_ms * f) for s, c, f in zip(test, costs, correction.factors(list(rows)))]
     return out

@@ -332,12 +332,7 @@ def resolve_rates(rates: Rates, names: list[str]) -> dict[str, float]:
     if isinstance(rates, NetworkStats):
         rates = rates.mean_rates
     if isinstance(rates, Mapping):
-        unknown = sorted(set(rates) - set(names))
-        missing = [n for n in names if n not in rates]
-        if unknown or missing:
-            raise ValueError(f"rates per block must name every dynamic block exactly; unknown {unknown[:5]}, "
-                             f"missing {missing[:5]}; blocks: {', '.join(names[:8])}{'...' if len(names) > 8 else ''}")
-        return {n: checks.rate(f"activation rate of block {n}", rates[n]) for n in names}
+        return checks.block_rates(rates, names)
     rate = checks.rate("activation rate", rates)
     return {n: rate for n in names}
 
@@ -386,6 +381,16 @@ class PiecePlan:
         return [plan_cost(ops, hw, fused) + overhead for ops, fused in self.parts]
 
 
+def block_piece(block: DynamicBlock, input_shape: tuple[int, int, int], batch_size: int, rate: float,
+                execution: str, indices: list[int]) -> PiecePlan:
+    """The plan of one dynamic block on a batch of ``(C, H, W)`` inputs at ``rate`` (1
+    without gates), as the piece of the walk's segments ``indices``."""
+    kind = block_kind(block, execution)
+    rate = 1.0 if kind == "static" else rate
+    ops = block.plan(input_shape, batch_size, rate, "static" if kind == "static" else "sparse")
+    return PiecePlan(kind, rate, True, indices, [(ops, None)])
+
+
 def piece_plans(walk: NetworkWalk, batch_size: int, rates: dict[str, float], execution: str) -> list[PiecePlan]:
     """The plan of every piece of ``walk`` at ``batch_size``, each block at its rate."""
     packed = execution == "sparse" and bool(walk.blocks)
@@ -393,10 +398,9 @@ def piece_plans(walk: NetworkWalk, batch_size: int, rates: dict[str, float], exe
     for piece in walk.pieces():
         first = walk.segments[piece.indices[0]]
         if first.block is not None:
-            kind = block_kind(first.block, execution)
-            rate = 1.0 if kind == "static" else rates[first.name]
-            ops = first.block.plan(first.input_shape, batch_size, rate, "static" if kind == "static" else "sparse")
-            plans.append(PiecePlan(kind, rate, True, piece.indices, [(ops, None)]))
+            gated = block_kind(first.block, execution) != "static"  # a block without gates needs no rate
+            plans.append(block_piece(first.block, first.input_shape, batch_size,
+                                     rates[first.name] if gated else 1.0, execution, piece.indices))
             continue
         kind = "static" if piece.anchor else "packed layers" if packed else "layers"
         parts = [([w.at(batch_size) for w in walk.segments[i].ops], [w.fusable for w in walk.segments[i].ops])
@@ -411,15 +415,12 @@ def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hard
     gate at activation ``rate`` (its execution plan priced operator by operator, plus the
     block's fixed host-side cost, times the learned correction if ``method`` uses it), and
     the plan."""
-    kind = block_kind(block, execution)
-    rate = 1.0 if kind == "static" else rate
-    ops = block.plan(input_shape, batch_size, rate, "static" if kind == "static" else "sparse")
-    plan = PiecePlan(kind, rate, True, [0], [(ops, None)])
+    plan = block_piece(block, input_shape, batch_size, rate, execution, [0])
     cost = plan.segment_costs(hw)[0]
     correction = resolve_method(method, hw)
     if correction is not None:
-        cost = cost * correction.factors([piece_features(ops, cost, kind, batch_size, rate)])[0]
-    return cost * hw.time_scale, ops
+        cost = cost * correction.factors([piece_features(plan.ops, cost, plan.kind, batch_size, plan.rate)])[0]
+    return cost * hw.time_scale, plan.ops
 
 
 def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_size: int = 128, rates: Rates = None,

@@ -40,13 +40,13 @@ from ..latency.samples import Sample
 from ..machine import cpu_field, cpu_flags, cpu_name
 from ..outputs import check_file
 from .drift import reference_ms
+from .microbenchmarks import BLOCK_PARADIGMS, FAMILIES, measure
 from .pieces import measure_networks
+from .timing import STATISTICS, stable_allocator
 
 NETWORKS = 40
 """Networks calibration times piece by piece (at most :data:`NETWORK_SECONDS`)."""
 NETWORK_SECONDS = 360.0
-from .microbenchmarks import BLOCK_PARADIGMS, FAMILIES, measure
-from .timing import STATISTICS, stable_allocator
 
 
 # --------------------------------------------------------------------------------- the machine

@@ -100,8 +100,10 @@ def calibration_networks(n: int, seed: int = 0) -> list[NetworkConfig]:
 
 
 def _piece_samples(walk: NetworkWalk, batch: int, rates: dict[str, float], seconds: list[list[float]],
-                   execution: str, label: str, model: str) -> list[Sample]:
-    plans = piece_plans(walk, batch, rates, execution)
+                   label: str, model: str) -> list[Sample]:
+    """One sample per piece of ``walk`` (sparse execution) with its median time over the
+    rounds' ``seconds``."""
+    plans = piece_plans(walk, batch, rates, "sparse")
     samples = []
     for index, plan in enumerate(plans):
         ms = statistics.median(round_[index] for round_ in seconds) * 1e3
@@ -135,10 +137,9 @@ def measure_pieces(config: NetworkConfig, repeats: int = 5, seed: int = 0) -> li
                 models[name](x)
             rounds[name].append(list(times))
     realized = stats(dynamic).mean_rates
-    return (_piece_samples(walks["sparse"], config.batch, realized, rounds["sparse"][1:], "sparse", config.label,
-                           "sparse")
-            + _piece_samples(walks["static"], config.batch, {}, rounds["static"][1:], "sparse", config.label,
-                             "static"))
+    return [sample for name in models
+            for sample in _piece_samples(walks[name], config.batch, realized if name == "sparse" else {},
+                                         rounds[name][1:], config.label, name)]
 
 
 def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = True,

@@ -202,6 +202,13 @@ class NetworkValidation:
         return paths
 
 
+def _accuracies(rows: list[dict], prefix: str, label: str) -> dict[str, dict[str, float]]:
+    """:func:`accuracy` of the rows' ``{prefix}_…`` values against the measured ones, per
+    quantity, named ``"{quantity}, {label}"``."""
+    return {f"{name}, {label}": accuracy([r[f"{prefix}_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
+            for name, key in QUANTITIES}
+
+
 def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7,
                       threads: int | None = None, progress: bool = True, archs: tuple[str, ...] = NETWORK_ARCHS,
                       input_sizes: tuple[int, ...] = INPUT_SIZES, remeasure: bool = False) -> NetworkValidation:
@@ -227,20 +234,14 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
         if learned:  # the analytic prior alone, for comparison
             row.update({f"analytic_{k}": v for k, v in predict_network(config, hw, realized, "analytic").items()})
         rows.append(row)
-    method = "learned" if learned else "analytic"
-    metrics = {f"{name}, {method}": accuracy([r[f"predicted_{key}"] for r in rows], [r[f"measured_{key}"] for r in rows])
-               for name, key in QUANTITIES}
+    metrics = _accuracies(rows, "predicted", "learned" if learned else "analytic")
     if learned:
-        metrics.update({f"{name}, analytic only": accuracy([r[f"analytic_{key}"] for r in rows],
-                                                           [r[f"measured_{key}"] for r in rows])
-                        for name, key in QUANTITIES})
+        metrics.update(_accuracies(rows, "analytic", "analytic only"))
     if remeasure:
         for config, row in zip(tqdm(configs, desc="measuring again", disable=not progress, unit="network"), rows):
             again = measure_network(config, repeats)
             row.update({f"remeasured_{key}": again[key] for _, key in QUANTITIES})
-        metrics.update({f"{name}, measured again": accuracy([r[f"remeasured_{key}"] for r in rows],
-                                                            [r[f"measured_{key}"] for r in rows])
-                        for name, key in QUANTITIES})
+        metrics.update(_accuracies(rows, "remeasured", "measured again"))
     return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
 
 
