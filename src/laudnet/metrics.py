@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .blocks.base import DynamicBlock
 from .distributed import Context, all_reduce_sum
 from .dynamic import NetworkStats, dynamic_blocks, stats
+from .progress import progress_bar
 
 
 @dataclass
@@ -133,10 +134,7 @@ def accumulate(model: nn.Module, loader, device: torch.device | str = "cpu",
     model.eval()
     totals = Totals()
     seen = 0
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
+    loader = progress_bar(loader, "evaluating", progress)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         logits = model(images)

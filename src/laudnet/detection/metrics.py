@@ -22,6 +22,7 @@ from ..data.coco import coco_mask, encode_masks, require_pycocotools, target_ann
 from ..data.loaders import collate_detection
 from ..dynamic import dynamic_blocks, dynamic_networks, stats
 from ..metrics import Totals, patch_overlap
+from ..progress import progress_bar
 from .detectors import transformed_sizes
 
 try:
@@ -119,10 +120,7 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
     device = next(model.parameters(), torch.empty(0)).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_detection)
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
+    loader = progress_bar(loader, "evaluating", progress)
     dynamic = bool(dynamic_blocks(model))
     images, objects, detections = [], [], []
     totals = Totals()

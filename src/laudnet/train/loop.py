@@ -40,6 +40,7 @@ from ..gates import SCHEDULES, set_temperature, temperature_schedule
 from ..measure.drift import reference_ms
 from ..models.weights import backbone_state_dict, load_backbone
 from ..outputs import check_directory, claim
+from ..progress import progress_bar
 from .losses import budget_loss, check_budget
 from .runlog import RunLog
 from .tasks import Classification, Task, task_of, to_device
@@ -341,7 +342,7 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
             loader.sampler.set_epoch(epoch)
             started = time.perf_counter()
             sums: dict[str, float] = {}
-            bar = _progress(loader, config, context, f"epoch {epoch + 1}/{config.epochs}")
+            bar = progress_bar(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress_bar and context.is_main)
             for inputs, targets in bar:
                 try:
                     metrics = trainer.step(inputs, targets)
@@ -389,11 +390,3 @@ def resume(out_dir: str | Path, context: Context = Context(), workers: int = 0) 
     config_names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in state["config"].items() if k in config_names})
     return train(RunSpec(**state["spec"]), config, out_dir, resume=True, context=context, workers=workers)
-
-
-def _progress(loader, config: TrainConfig, context: Context, description: str):
-    if not (config.progress_bar and context.is_main):
-        return loader
-    from tqdm import tqdm
-
-    return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
