@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from laudnet.measure import interleaved, ratio
+from laudnet.measure import Timing, interleaved, ratio
 from laudnet.measure.bench import machine_description
 from laudnet.measure.runtimes import dense_baselines
 from laudnet.sparse import PackedConv
@@ -25,9 +25,9 @@ STAGES = ((64, 4), (128, 8), (256, 16), (512, 32))
 """Channels and stride of the 3×3 convolutions of each ResNet-18 stage."""
 
 
-def layer_rows(channels: int, side: int, repeats: int) -> dict[str, float]:
-    """Median ms of each way to run one 3×3 convolution + batch norm + ReLU on a
-    ``channels`` × ``side``² map (batch 1), and the engine's median speedup over each."""
+def layer_timings(channels: int, side: int, repeats: int) -> dict[str, Timing]:
+    """Interleaved timings of each way to run one 3×3 convolution + batch norm + ReLU on a
+    ``channels`` × ``side``² map (batch 1): the dense baselines and the ``engine``."""
     torch.manual_seed(0)
     layer = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                           nn.ReLU()).eval()
@@ -38,10 +38,7 @@ def layer_rows(channels: int, side: int, repeats: int) -> dict[str, float]:
     with torch.no_grad():
         candidates = {**dense_baselines(layer, x), "engine": lambda: packed.map(x_last, F.relu)}
         torch.testing.assert_close(candidates["engine"](), layer(x), rtol=1e-4, atol=1e-4)
-        timings = interleaved(candidates, repeats=repeats, warmup=2, gap=0.02)
-    row = {name: timing.median_ms for name, timing in timings.items()}
-    row.update({f"engine vs {name}": ratio(timings, name, "engine").median for name in timings if name != "engine"})
-    return row
+        return interleaved(candidates, repeats=repeats, warmup=2, gap=0.02)
 
 
 def main() -> None:
@@ -50,14 +47,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
     args = parser.parse_args()
     print(f"Machine: {machine_description()}\n")
-    rows = {f"{c} ch, {args.size // s}²": layer_rows(c, args.size // s, args.repeats) for c, s in STAGES}
-    names = [n for n in next(iter(rows.values())) if not n.startswith("engine vs")]
+    layers = {f"{c} ch, {args.size // s}²": layer_timings(c, args.size // s, args.repeats) for c, s in STAGES}
+    names = list(next(iter(layers.values())))
     print("| layer | " + " | ".join(f"{n} ms" for n in names) + " | engine speedup vs fastest baseline |")
     print("|---|" + "---|" * (len(names) + 1))
-    for label, row in rows.items():
-        fastest = min((n for n in names if n != "engine"), key=row.get)
-        print(f"| {label} | " + " | ".join(f"{row[n]:.2f}" for n in names)
-              + f" | {row[f'engine vs {fastest}']:.2f}x ({fastest}) |")
+    for label, timings in layers.items():
+        fastest = min((n for n in names if n != "engine"), key=lambda n: timings[n].median_ms)
+        print(f"| {label} | " + " | ".join(f"{timings[n].median_ms:.2f}" for n in names)
+              + f" | {ratio(timings, fastest, 'engine').median:.2f}x ({fastest}) |")
 
 
 if __name__ == "__main__":
