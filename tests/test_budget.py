@@ -2,12 +2,31 @@ import pytest
 import torch
 
 import laudnet
+from laudnet.dynamic import dynamic_blocks
 
 
 def test_rate_bounds_relax_during_warmup():
     assert laudnet.rate_bounds(0.4, 0.0) == (0.4, 0.4)
     assert laudnet.rate_bounds(0.4, 0.5) == pytest.approx((0.2, 0.7))
     assert laudnet.rate_bounds(0.4, 3.0) == (0.0, 1.0)
+
+
+def test_rate_bounds_relax_up_to_the_maximum_rate():
+    assert laudnet.rate_bounds(0.4, 0.5, max_rate=0.6) == pytest.approx((0.2, 0.5))
+    assert laudnet.rate_bounds(0.4, 1.0, max_rate=0.6) == pytest.approx((0.0, 0.6))
+    assert laudnet.rate_bounds(0.4, 1.0, max_rate=0.3) == pytest.approx((0.0, 0.4))  # never below the target
+
+
+def test_maximum_rate_penalises_blocks_above_it():
+    model = laudnet.create_model("cifar_resnet20", paradigm="spatial", granularity="2-2-1").eval()
+    laudnet.set_decisions(model, rate=0.9)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    free = laudnet.flops_budget_loss(model, target=0.5, progress=1.0)
+    capped = laudnet.flops_budget_loss(model, target=0.5, progress=1.0, max_rate=0.6)
+    rates = [b.last.rate.mean() for _, b in dynamic_blocks(model)]
+    excess = torch.stack([(r - 0.6).clamp(min=0) ** 2 for r in rates]).mean()
+    assert float(capped - free) == pytest.approx(float(excess), rel=1e-5) and float(excess) > 0.05
 
 
 @pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer", "layer+spatial", "layer+channel"])

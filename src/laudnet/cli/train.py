@@ -66,6 +66,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     gates.add_argument("--budget-weight", type=float, default=DEFAULTS.budget_weight, help="λ (default: %(default)s)")
     gates.add_argument("--bound-warmup", type=float, default=DEFAULTS.bound_warmup,
                        help="share of the run over which per-block rate bounds relax (default: %(default)s)")
+    gates.add_argument("--max-rate", type=float, default=DEFAULTS.max_rate,
+                       help="the per-block rate bound relaxes up to this rate, not to 1, so that every block "
+                            "skips part of its work (default: %(default)s)")
     gates.add_argument("--distill-weight", type=float, default=DEFAULTS.distill_weight, help="α (default: %(default)s)")
     gates.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
     gates.add_argument("--tau-schedule", default=DEFAULTS.tau_schedule, help="Gumbel temperature schedule")
@@ -134,7 +137,7 @@ def run_train(args: argparse.Namespace) -> None:
                 momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                 gate_lr_mult=args.gate_lr_mult, static=args.static, target=args.target,
                 budget_ms=args.budget_ms, hardware=args.hardware, budget_batch_size=args.budget_batch_size,
-                budget_weight=args.budget_weight, bound_warmup=args.bound_warmup,
+                budget_weight=args.budget_weight, bound_warmup=args.bound_warmup, max_rate=args.max_rate,
                 distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
                 tau_schedule=args.tau_schedule, tau_start=args.tau_start, tau_end=args.tau_end,
                 clip_grad=args.clip_grad or None, bf16=args.bf16, seed=args.seed, log_every=args.log_every,

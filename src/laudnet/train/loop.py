@@ -56,7 +56,8 @@ class TrainConfig:
     """How to train (defaults suit the small CIFAR-style ResNets).
 
     ``target`` is the FLOPs ratio the budget aims at; ``bound_warmup`` the share of the run
-    over which the per-block rate bounds relax (:func:`laudnet.rate_bounds`).
+    over which the per-block rate bounds relax (:func:`laudnet.rate_bounds`), the upper
+    one to ``max_rate``.
     ``budget_weight`` is λ and ``distill_weight`` α (used when there is a teacher).
     """
 
@@ -75,6 +76,7 @@ class TrainConfig:
     budget_batch_size: int = 1
     budget_weight: float = 20.0
     bound_warmup: float = 0.1
+    max_rate: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
     tau_schedule: str = "exponential"
@@ -122,7 +124,7 @@ class TrainConfig:
               f"gradient clipping norm must be positive, got {self.clip_grad}")
         check(self.log_every >= 1, f"log interval must be at least 1 step, got {self.log_every}")
         if not self.static:  # refuses bad budget settings before training starts (no timing here)
-            check_budget(self.target, self.budget_ms, self.hardware, self.budget_batch_size)
+            check_budget(self.target, self.budget_ms, self.hardware, self.budget_batch_size, self.max_rate)
 
 
 def seed_everything(seed: int) -> None:
@@ -189,7 +191,7 @@ class Trainer:
         self.net = model.to(context.device)
         self.budget = None if config.static else budget_loss(config.target, config.budget_ms, config.hardware,
                                                              config.budget_batch_size, shared_reference(context),
-                                                             report=context.is_main)
+                                                             report=context.is_main, max_rate=config.max_rate)
         self.config = config
         self.context = context
         set_execution(self.net, "static" if config.static else "masked")

@@ -18,19 +18,22 @@ from ..measure.drift import reference_ms, rescale_for_drift
 logger = logging.getLogger("laudnet")
 
 
-def rate_bounds(target: float, progress: float) -> tuple[float, float]:
+def rate_bounds(target: float, progress: float, max_rate: float = 1.0) -> tuple[float, float]:
     """Per-block activation-rate bounds ``(lower, upper)``.
 
-    They start at the target (every block must meet it) and relax linearly to ``(0, 1)``
-    as ``progress`` (the share of the warm-up done) goes from 0 to 1, so that blocks can
-    specialise once the network as a whole meets the budget.
+    They start at the target (every block must meet it) and relax linearly to
+    ``(0, max_rate)`` as ``progress`` (the share of the warm-up done) goes from 0 to 1, so
+    that blocks can specialise once the network as a whole meets the budget. A
+    ``max_rate`` below 1 keeps every block skipping part of its work (a block that keeps
+    most of its patches runs dense: its skipping saves nothing); one below the target
+    leaves the upper bound at the target.
     """
     relax = min(max(progress, 0.0), 1.0)
-    return target * (1.0 - relax), target + (1.0 - target) * relax
+    return target * (1.0 - relax), target + (max(max_rate, target) - target) * relax
 
 
 def latency_budget_loss(model: nn.Module, budget_ms: float, hardware: str | Hardware, batch_size: int = 1,
-                        progress: float = 1.0) -> Tensor:
+                        progress: float = 1.0, max_rate: float = 1.0) -> Tensor:
     """Latency budget of the last forward pass: the FLOPs budget's recipe with the latency
     the predictor gives for ``hardware`` in place of the FLOPs:
 
@@ -47,7 +50,7 @@ def latency_budget_loss(model: nn.Module, budget_ms: float, hardware: str | Hard
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
         raise ValueError(f"latency budget must be a positive number of milliseconds, got {budget_ms!r}")
     table = latency_table(model, hardware, batch_size)
-    lower, upper = rate_bounds(table.rate_for(budget_ms), progress)
+    lower, upper = rate_bounds(table.rate_for(budget_ms), progress, max_rate)
     blocks = dict(dynamic_blocks(model))
     rates = torch.stack([blocks[name].last.rate.mean() for name in table.names])
     bounds = (F.relu(rates - upper) ** 2 + F.relu(lower - rates) ** 2).mean()
@@ -55,13 +58,17 @@ def latency_budget_loss(model: nn.Module, budget_ms: float, hardware: str | Hard
 
 
 def check_budget(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
-                 batch_size: int = 1) -> Hardware | None:
+                 batch_size: int = 1, max_rate: float = 1.0) -> Hardware | None:
     """Refuse bad budget settings (before training starts); return the device profile of a
     latency budget, ``None`` for a FLOPs budget."""
+    checks.number("maximum activation rate", max_rate, 0.0, 1.0, low_open=True)
     if budget_ms is None:
         if hardware is not None:
             raise ValueError(f"hardware {hardware!r} is only used with a latency budget; give --budget-ms too")
         checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
+        if max_rate < target:
+            raise ValueError(f"maximum activation rate {max_rate:g} is below the FLOPs target {target:g}; "
+                             "give a rate of at least the target")
         return None
     if hardware is None:
         raise ValueError("a latency budget needs a device: give --hardware NAME (see `laudnet hardware list`)")
@@ -72,23 +79,24 @@ def check_budget(target: float = 0.5, budget_ms: float | None = None, hardware: 
 
 def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
                 batch_size: int = 1, measure: Callable[[], float] = reference_ms,
-                report: bool = True) -> Callable[[nn.Module, float], Tensor]:
+                report: bool = True, max_rate: float = 1.0) -> Callable[[nn.Module, float], Tensor]:
     """The compute budget a training loop adds to its loss, as ``loss(model, progress)``:
     :func:`flops_budget_loss` at the FLOPs ratio ``target``, or with ``budget_ms``,
     :func:`latency_budget_loss` on ``hardware`` for batches of ``batch_size`` (the
-    ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``),
+    ``--budget-ms`` / ``--hardware`` / ``--budget-batch-size`` options of ``laudnet train``;
+    ``max_rate`` caps each block's rate once the bounds have relaxed, ``--max-rate``),
     its calibrated profile rescaled to this machine's speed now (:mod:`laudnet.measure.drift`:
     ``measure`` times the reference; the finding is logged when ``report``)."""
-    hw = check_budget(target, budget_ms, hardware, batch_size)
+    hw = check_budget(target, budget_ms, hardware, batch_size, max_rate)
     if hw is None:
-        return lambda model, progress: flops_budget_loss(model, target, progress)
+        return lambda model, progress: flops_budget_loss(model, target, progress, max_rate)
     hw, drift = rescale_for_drift(hw, measure)
     if drift is not None and report:
         logger.warning(drift)
-    return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress)
+    return lambda model, progress: latency_budget_loss(model, budget_ms, hw, batch_size, progress, max_rate)
 
 
-def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0) -> Tensor:
+def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0, max_rate: float = 1.0) -> Tensor:
     """FLOPs-ratio budget of the last forward pass (LASNet/LAUDNet recipe):
 
     ``mean_i[relu(r_i - ub)^2 + relu(lb - r_i)^2] + (F / F_static - target)^2``
@@ -99,7 +107,7 @@ def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0) ->
     """
     checks.number("FLOPs target", target, 0.0, 1.0, low_open=True)
     dynamic, static, records = network_macs(model)
-    lower, upper = rate_bounds(target, progress)
+    lower, upper = rate_bounds(target, progress, max_rate)
     rates = torch.stack([record.rate.mean() for (_, record), (_, block) in zip(records, dynamic_blocks(model))
                          if block.config.paradigm != "none"])
     bounds = (F.relu(rates - upper) ** 2 + F.relu(lower - rates) ** 2).mean()
