@@ -1,13 +1,16 @@
-"""The engine's dense convolution against the dense baselines, one layer at a time.
+"""The engine's dense convolution against the dense baselines, stage by stage.
 
 A block whose gates keep most of its map computes all of it (``DENSE_FRACTION``) with the
 engine's packed convolution (:class:`laudnet.sparse.packed.PackedConv`: batch norm folded,
-ReLU fused, the backend chosen by measurement). This times it, on the 3×3 convolution + batch
-norm + ReLU of each ResNet stage at the map sizes of a ``--size`` input, against the same
-layer in torch eager (NCHW, channels-last), ONNX Runtime and OpenVINO, interleaved in one
-process; it tells whether a sparse network's dense parts run at the static runtimes' speed.
+ReLU fused, the backend chosen by measurement). This times it on a stack of ``--depth``
+3×3 convolution + batch norm + ReLU layers of each ResNet stage at the map sizes of a
+``--size`` input, against the same stack in torch eager (NCHW, channels-last), ONNX Runtime
+and OpenVINO, interleaved in one process, and gives milliseconds per layer; it tells whether
+a sparse network's dense parts run at the static runtimes' speed. Use a stack as deep as a
+stage (4): the static runtimes convert their input and output to their own blocked layout
+once per call, which a single layer (``--depth 1``) pays in full and a network does not.
 
-    python benchmarks/dense_convolutions.py [--size 512] [--repeats 15]
+    python benchmarks/dense_convolutions.py [--size 512] [--depth 4] [--repeats 15]
 """
 
 import argparse
@@ -25,36 +28,49 @@ STAGES = ((64, 4), (128, 8), (256, 16), (512, 32))
 """Channels and stride of the 3×3 convolutions of each ResNet-18 stage."""
 
 
-def layer_timings(channels: int, side: int, repeats: int) -> dict[str, Timing]:
-    """Interleaved timings of each way to run one 3×3 convolution + batch norm + ReLU on a
-    ``channels`` × ``side``² map (batch 1): the dense baselines and the ``engine``."""
+def stack_timings(channels: int, side: int, depth: int, repeats: int) -> dict[str, Timing]:
+    """Interleaved timings of each way to run ``depth`` 3×3 convolution + batch norm + ReLU
+    layers on a ``channels`` × ``side``² map (batch 1): the dense baselines and the ``engine``."""
     torch.manual_seed(0)
-    layer = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-                          nn.ReLU()).eval()
-    nn.init.normal_(layer[1].running_mean)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+        nn.init.normal_(layers[-2].running_mean)
+    stack = nn.Sequential(*layers).eval()
     x = torch.randn(1, channels, side, side)
-    packed = PackedConv(layer[0], layer[1])
+    packed = [PackedConv(stack[i], stack[i + 1]) for i in range(0, len(stack), 3)]
     x_last = x.contiguous(memory_format=torch.channels_last)
+
+    def engine() -> torch.Tensor:
+        y = x_last
+        for conv in packed:
+            y = conv.map(y, F.relu)
+        return y
+
     with torch.no_grad():
-        candidates = {**dense_baselines(layer, x), "engine": lambda: packed.map(x_last, F.relu)}
-        torch.testing.assert_close(candidates["engine"](), layer(x), rtol=1e-4, atol=1e-4)
-        return interleaved(candidates, repeats=repeats, warmup=2, gap=0.02)
+        torch.testing.assert_close(engine(), stack(x), rtol=1e-3, atol=1e-3)
+        return interleaved({**dense_baselines(stack, x), "engine": engine}, repeats=repeats, warmup=2, gap=0.02)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="input side the map sizes derive from")
+    parser.add_argument("--depth", type=int, default=4, help="layers per stack (a ResNet-18 stage has 4)")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
     args = parser.parse_args()
-    print(f"Machine: {machine_description()}\n")
-    layers = {f"{c} ch, {args.size // s}²": layer_timings(c, args.size // s, args.repeats) for c, s in STAGES}
-    names = list(next(iter(layers.values())))
+    if args.depth < 1:
+        parser.error(f"--depth must be at least 1, got {args.depth}")
+    print(f"Machine: {machine_description()}\n\nStacks of {args.depth} layers; milliseconds per layer.\n")
+    stacks = {f"{c} ch, {args.size // s}²": stack_timings(c, args.size // s, args.depth, args.repeats)
+              for c, s in STAGES}
+    names = list(next(iter(stacks.values())))
     print("| layer | " + " | ".join(f"{n} ms" for n in names) + " | engine speedup vs fastest baseline |")
     print("|---|" + "---|" * (len(names) + 1))
-    for label, timings in layers.items():
+    for label, timings in stacks.items():
         fastest = min((n for n in names if n != "engine"), key=lambda n: timings[n].median_ms)
-        print(f"| {label} | " + " | ".join(f"{timings[n].median_ms:.2f}" for n in names)
-              + f" | {ratio(timings, fastest, 'engine').median:.2f}x ({fastest}) |")
+        speedup = ratio(timings, fastest, "engine")
+        print(f"| {label} | " + " | ".join(f"{timings[n].median_ms / args.depth:.2f}" for n in names)
+              + f" | {speedup.median:.2f}x ({speedup.spread[0]:.2f}-{speedup.spread[1]:.2f}; {fastest}) |")
 
 
 if __name__ == "__main__":

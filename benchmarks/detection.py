@@ -11,7 +11,8 @@ fall on objects). Speed: ``--images``
 test scenes drawn on square canvases of each ``--size`` (same seed and object sizes relative
 to the canvas as the test split), resized to exactly that size. The sparse backbone, with the gates it learned, runs
 every image once per round; each dense baseline (the static ResNet body with the same
-weights in torch eager NCHW, channels-last, ONNX Runtime and OpenVINO) as many times, all
+weights in torch eager NCHW, channels-last, ONNX Runtime and OpenVINO, and laudnet's own
+engine with every gate open: its dense path) as many times, all
 interleaved in one process (shuffled, a 20 ms idle gap before each call); the speedup is the
 median per-round ratio with its interquartile range. The whole detector is timed sparse
 against dense eager at batch 1, and at batch 2 with two sizes in one padded batch. Timings
@@ -71,7 +72,8 @@ def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dic
         inputs = [detector.transform([image])[0].tensors for image in images]
     body = dynamic_networks(detector)[0]
     sparse_body = laudnet.set_execution(copy.deepcopy(body), "sparse").eval()
-    dense = dense_baselines(static_body(body), inputs[0])
+    open_body = laudnet.set_decisions(laudnet.set_execution(copy.deepcopy(body), "sparse").eval(), rate=1.0)
+    dense = {**dense_baselines(static_body(body), inputs[0]), "engine_gates_open": lambda: open_body(inputs[0])}
     candidates = {name: (lambda call=call: [call() for _ in inputs]) for name, call in dense.items()}
     candidates["sparse"] = lambda: [sparse_body(x) for x in inputs]
     rates = []
