@@ -3,7 +3,7 @@ the backbone and of the whole detector on square images, batch 1.
 
     laudnet eval runs/det-static && laudnet eval runs/det-spatial
     python benchmarks/detection.py --evals runs/det-static runs/det-spatial --dynamic runs/det-spatial \
-        --out benchmarks/results/detection [--size 256 512] [--images 8] [--repeats 15]
+        --out benchmarks/results/detection [--size 256 512] [--images 24] [--repeats 15]
 
 Accuracy: the evaluations ``laudnet eval`` wrote (COCO AP on the test split, dynamic
 detectors in sparse execution, the backbone's FLOPs ratio and the share of kept patches that
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--dynamic", nargs="+", required=True, help="dynamic detector checkpoints to time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detection"))
     parser.add_argument("--size", type=int, nargs="+", default=[512])
-    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images", type=int, default=24, help="test scenes per size (the first ones are busier than the average)")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     machine = machine_description()
