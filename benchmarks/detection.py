@@ -72,7 +72,7 @@ def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dic
         inputs = [detector.transform([image])[0].tensors for image in images]
     body = dynamic_networks(detector)[0]
     sparse_body = laudnet.set_execution(copy.deepcopy(body), "sparse").eval()
-    open_body = laudnet.set_decisions(laudnet.set_execution(copy.deepcopy(body), "sparse").eval(), rate=1.0)
+    open_body = laudnet.set_decisions(copy.deepcopy(sparse_body), rate=1.0)
     dense = {**dense_baselines(static_body(body), inputs[0]), "engine_gates_open": lambda: open_body(inputs[0])}
     candidates = {name: (lambda call=call: [call() for _ in inputs]) for name, call in dense.items()}
     candidates["sparse"] = lambda: [sparse_body(x) for x in inputs]
