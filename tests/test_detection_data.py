@@ -262,7 +262,7 @@ def test_evaluate_a_dynamic_mask_rcnn():
     totals = metrics["totals"]  # the dynamic backbone's figures over the two images
     assert totals.samples == 2 and 0 < totals.flops_ratio < 1.2 and set(totals.rates) == {
         name for name, _ in laudnet.dynamic.dynamic_blocks(model)}
-    assert 0 <= totals.object_share <= 1 and 0 < totals.chance_share < 1
+    assert 0 <= totals.object_share() <= 1 and 0 < totals.chance_share() < 1
 
 
 def test_no_detections_score_zero_and_no_ground_truth_is_nan():

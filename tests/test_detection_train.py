@@ -110,7 +110,9 @@ def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
     assert [(m["part"], m["size"], m["batch"]) for m in result["latency"]] == [
         ("backbone", 64, 1), ("detector", 64, 1), ("backbone", 96, 1), ("detector", 96, 1)]
     assert result["latency"][2]["input"].startswith("1x3x96x")
-    assert "COCO bbox: AP" in (tmp_path / "s" / "eval.md").read_text()
+    summary = (tmp_path / "s" / "eval.md").read_text()
+    assert "COCO bbox: AP" in summary and "| kept on objects | all patches on objects |" in summary
+    assert all(0 < b["chance"] < 1 for b in result["blocks"])  # every block of the body is spatial
     assert json.loads((tmp_path / "t" / "eval.json").read_text())["latency"] == []
 
     assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "r"),

@@ -6,7 +6,7 @@ import torch
 import laudnet
 from laudnet.data import ClutteredObjects, eval_loader
 from laudnet.evaluate import evaluate
-from laudnet.metrics import accumulate, object_overlap
+from laudnet.metrics import Totals, accumulate, object_overlap
 from laudnet.report.masks import spatial_maps
 
 
@@ -23,14 +23,19 @@ def test_object_overlap_counts_patches_on_the_box():
         model(torch.randn(2, 1, 16, 16))
     # every block has a 4×4 grid of patches covering 4×4 image pixels each
     boxes = torch.tensor([[0, 0, 4, 4], [3, 3, 9, 5]])  # 1 patch; rows 0-2 × cols 0-1 = 6 patches
-    kept_on, kept, on, total = object_overlap(model, boxes)
-    blocks = 9
-    assert (kept, total) == (blocks * 32, blocks * 32)
-    assert on == kept_on == blocks * (1 + 6)
-    laudnet.set_decisions(model, rate=0.0)
+    counts = object_overlap(model, boxes)
+    assert list(counts) == [name for name, _ in laudnet.dynamic.dynamic_blocks(model)] and len(counts) == 9
+    for kept_on, kept, on, total in counts.values():
+        assert (kept, total) == (32, 32)
+        assert on == kept_on == 1 + 6
+    laudnet.set_decisions(model, {name: 0.0 if name.startswith("layer1") else 1.0 for name in counts})
     with torch.no_grad():
         model(torch.randn(2, 1, 16, 16))
-    assert object_overlap(model, boxes)[:2] == (0, 0)
+    totals = Totals()
+    totals.add(laudnet.stats(model), object_overlap(model, boxes))
+    assert totals.object_share("layer1.0") is None and totals.chance_share("layer1.0") == 7 / 32
+    assert totals.object_share("layer2.0") == 7 / 32
+    assert totals.object_share() == 7 / 32 and totals.chance_share() == 7 / 32
 
 
 def test_spatial_maps_show_where_blocks_compute():

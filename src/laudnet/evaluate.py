@@ -118,9 +118,10 @@ def _compute(model: nn.Module, totals: Totals) -> dict:
         "flops_ratio": totals.flops_ratio,
         "blocks": [{"name": name, "paradigm": block.config.paradigm, "granularity": block.config.granularity,
                     "rate": totals.mean_rates[name], "macs": totals.macs[name] / totals.samples,
-                    "static_macs": block.last.static_macs} for name, block in dynamic_blocks(model)],
-        "object": None if totals.object_share is None else
-        {"kept_on_object": totals.object_share, "chance": totals.chance_share},
+                    "static_macs": block.last.static_macs, "kept_on_object": totals.object_share(name),
+                    "chance": totals.chance_share(name)} for name, block in dynamic_blocks(model)],
+        "object": None if totals.object_share() is None else
+        {"kept_on_object": totals.object_share(), "chance": totals.chance_share()},
     }
 
 
@@ -228,11 +229,14 @@ def summary_markdown(result: dict) -> str:
         lines.append(f"- kept patches on {'objects' if detection else 'the object'}: "
                      f"{100 * result['object']['kept_on_object']:.1f} % "
                      f"(all patches: {100 * result['object']['chance']:.1f} %)")
-    lines += ["", "| block | paradigm | granularity | activation rate | MMACs | static MMACs |",
-              "|---|---|---|---|---|---|"]
+    overlap = result["object"] is not None
+    lines += ["", "| block | paradigm | granularity | activation rate | MMACs | static MMACs |"
+              + " kept on objects | all patches on objects |" * overlap, "|---|---|---|---|---|---|" + "---|---|" * overlap]
     for b in result["blocks"]:
+        shares = "".join(" - |" if b.get(key) is None else f" {100 * b[key]:.1f} % |"
+                         for key in ("kept_on_object", "chance")) if overlap else ""
         lines.append(f"| {b['name']} | {b['paradigm']} | {b['granularity'] or '-'} | {b['rate']:.3f} | "
-                     f"{b['macs'] / 1e6:.2f} | {b['static_macs'] / 1e6:.2f} |")
+                     f"{b['macs'] / 1e6:.2f} | {b['static_macs'] / 1e6:.2f} |{shares}")
     if result["latency"]:
         threads = result["latency"][0]["threads"]
         lines += ["", f"Measured latency on this machine ({threads} threads), sparse against dense, interleaved:", ""]

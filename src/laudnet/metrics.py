@@ -26,10 +26,9 @@ class Totals:
     static: float = 0.0
     rates: dict[str, float] = field(default_factory=dict)
     macs: dict[str, float] = field(default_factory=dict)
-    kept_on_object: float = 0.0
-    kept: float = 0.0
-    patches_on_object: float = 0.0
-    patches: float = 0.0
+    overlap: dict[str, list[float]] = field(default_factory=dict)
+    """Per spatial block: kept patches on an object, kept patches, patches on an object,
+    patches (see :func:`patch_overlap`)."""
 
     @property
     def accuracy(self) -> float:
@@ -48,31 +47,40 @@ class Totals:
     def mean_rates(self) -> dict[str, float]:
         return {name: total / max(self.samples, 1) for name, total in self.rates.items()}
 
-    @property
-    def object_share(self) -> float | None:
-        """Share of the kept patches (of every spatial block) that overlap the object box."""
-        return self.kept_on_object / self.kept if self.kept else None
+    def _overlap(self, name: str | None) -> list[float]:
+        """The overlap counts of block ``name``, or summed over the blocks."""
+        if name is not None:
+            return self.overlap.get(name, [0.0] * 4)
+        return [sum(counts[i] for counts in self.overlap.values()) for i in range(4)]
 
-    @property
-    def chance_share(self) -> float | None:
-        """Share of all patches that overlap the object box: what random masks would give."""
-        return self.patches_on_object / self.patches if self.patches else None
+    def object_share(self, name: str | None = None) -> float | None:
+        """Share of the kept patches (of block ``name``, default every spatial block) that
+        overlap an object box; ``None`` where nothing was kept or counted."""
+        on, kept, _, _ = self._overlap(name)
+        return on / kept if kept else None
+
+    def chance_share(self, name: str | None = None) -> float | None:
+        """Share of all patches (of block ``name``, default every spatial block) that overlap
+        an object box: what masks that ignore the image would give."""
+        _, _, on, patches = self._overlap(name)
+        return on / patches if patches else None
 
     def reduce(self, context: Context) -> "Totals":
         """The totals summed over the ranks."""
         if not context.distributed:
             return self
-        names = list(self.rates)
-        values = torch.tensor([self.samples, self.correct, self.flops, self.static, self.kept_on_object, self.kept,
-                               self.patches_on_object, self.patches] + [self.rates[n] for n in names]
-                              + [self.macs[n] for n in names], dtype=torch.float64)
+        names, spatial = list(self.rates), list(self.overlap)
+        values = torch.tensor([self.samples, self.correct, self.flops, self.static] + [self.rates[n] for n in names]
+                              + [self.macs[n] for n in names] + [c for n in spatial for c in self.overlap[n]],
+                              dtype=torch.float64)
         values = all_reduce_sum(values.to(context.device), context).cpu().tolist()
         k = len(names)
-        return Totals(*values[:4], dict(zip(names, values[8:8 + k])), dict(zip(names, values[8 + k:])),
-                      *values[4:8])
+        counts = values[4 + 2 * k:]
+        return Totals(*values[:4], dict(zip(names, values[4:4 + k])), dict(zip(names, values[4 + k:4 + 2 * k])),
+                      {n: counts[4 * i:4 * i + 4] for i, n in enumerate(spatial)})
 
-    def add(self, network: NetworkStats, overlap: tuple[float, float, float, float] | None = None) -> None:
-        """Add one forward pass: its statistics and, if given, its :func:`object_overlap` counts."""
+    def add(self, network: NetworkStats, overlap: dict[str, list[float]] | None = None) -> None:
+        """Add one forward pass: its statistics and, if given, its :func:`patch_overlap` counts."""
         batch = len(network.flops_per_sample)
         self.samples += batch
         self.flops += float(network.flops_per_sample.sum())
@@ -80,31 +88,28 @@ class Totals:
         for b in network.blocks:
             self.rates[b.name] = self.rates.get(b.name, 0.0) + float(b.rate.sum())
             self.macs[b.name] = self.macs.get(b.name, 0.0) + float(b.macs.sum())
-        if overlap is not None:
-            self.kept_on_object += overlap[0]
-            self.kept += overlap[1]
-            self.patches_on_object += overlap[2]
-            self.patches += overlap[3]
+        for name, counts in (overlap or {}).items():
+            self.overlap[name] = [a + b for a, b in zip(self.overlap.get(name, [0.0] * 4), counts)]
 
 
 def patch_overlap(model: nn.Module, on_object: Callable[[DynamicBlock, int, int], Tensor]
-                  ) -> tuple[float, float, float, float]:
-    """For the spatial decisions of the last forward pass: kept patches on an object, kept
-    patches, patches on an object, patches, summed over the blocks. ``on_object(block,
-    rows, cols)`` says which of a block's ``(B, rows, cols)`` patches lie on an object."""
-    totals = torch.zeros(4, dtype=torch.float64)
-    for _, block in dynamic_blocks(model):
+                  ) -> dict[str, list[float]]:
+    """For the spatial decisions of the last forward pass, per spatial block: kept patches on
+    an object, kept patches, patches on an object, patches. ``on_object(block, rows, cols)``
+    says which of a block's ``(B, rows, cols)`` patches lie on an object."""
+    counts = {}
+    for name, block in dynamic_blocks(model):
         decision = block.last_decision
         mask = None if decision is None else decision.kept_patches
         if mask is None:
             continue
         on = on_object(block, *mask.shape[-2:]).to(torch.float64)
         kept = (mask.detach().cpu() > 0).to(torch.float64)
-        totals += torch.stack([(kept * on).sum(), kept.sum(), on.sum(), torch.tensor(float(on.numel()))])
-    return tuple(totals.tolist())
+        counts[name] = [float((kept * on).sum()), float(kept.sum()), float(on.sum()), float(on.numel())]
+    return counts
 
 
-def object_overlap(model: nn.Module, boxes: Tensor) -> tuple[float, float, float, float]:
+def object_overlap(model: nn.Module, boxes: Tensor) -> dict[str, list[float]]:
     """:func:`patch_overlap` for one object box per image, ``(B, 4)`` (top, left, bottom,
     right in input pixels). A patch is on the object when its area in the input image
     (patch side × the block's downsampling) overlaps the box."""

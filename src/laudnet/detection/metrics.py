@@ -87,7 +87,7 @@ def coco_eval(ground_truth: dict, detections: list[dict], iou_type: str = "bbox"
     return {name: float(value) if value >= 0 else math.nan for name, value in zip(METRICS, evaluator.stats)}
 
 
-def box_overlap(model: nn.Module, boxes: list[Tensor]) -> tuple[float, float, float, float]:
+def box_overlap(model: nn.Module, boxes: list[Tensor]) -> dict[str, list[float]]:
     """:func:`~laudnet.metrics.patch_overlap` of a detector's backbone for each image's
     object ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw; the padded
     area counts as patches). A patch is on an object when its area in the backbone's input
