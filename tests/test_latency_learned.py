@@ -19,7 +19,7 @@ from laudnet.cli import main
 from laudnet.dynamic import dynamic_blocks, set_decisions, stats
 from laudnet.latency.hardware import load_hardware, save_hardware
 from laudnet.latency.learned import LearnedCorrection, held_out_predictions
-from laudnet.latency.predictor import piece_plans, predict_walk, price_block, walk_network
+from laudnet.latency.predictor import block_type, piece_plans, predict_walk, price_block, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure.calibrate import calibrate
@@ -103,7 +103,7 @@ def test_measure_pieces_gives_one_sample_per_piece_at_the_realized_rates():
     sparse = [s for s in samples if s.meta["kind"] in ("packed layers", "layer+spatial")]
     static = [s for s in samples if s.meta["kind"] in ("layers", "static")]
     assert len(sparse) == len(static) == 10 and len(samples) == 20
-    assert all(s.family == "piece" and s.ms > 0 and s.ops for s in samples)
+    assert all(s.family == "piece" and s.ms > 0 and s.ops and s.meta["block_type"] == "basic" for s in samples)
     rates = [s.meta["rate"] for s in sparse if s.meta["dynamic"]]
     assert len(set(np.round(rates, 6))) > 1  # every block its own rate
     again = Sample.from_dict(samples[1].to_dict())
@@ -146,6 +146,41 @@ def test_learned_correction_recovers_the_factor_of_each_kind():
     held_out = held_out_predictions([Sample.from_dict(s) for s in hw.samples], hw, folds=3)
     errors = [p / s.ms - 1 for s, p in held_out]
     assert len(errors) == len(hw.samples) and np.median(np.abs(errors)) < 0.05
+
+
+def test_block_type_of_networks_blocks_and_walks():
+    for arch, expected in (("resnet18", "basic"), ("resnet50", "bottleneck"), ("regnet_y_400mf", "regnet"),
+                           ("mobilenet_v2", "inverted residual")):
+        static, dynamic = torchvision.models.get_model(arch), laudnet.create_model(arch, paradigm="spatial")
+        assert block_type(static) == block_type(dynamic) == expected
+        assert block_type(next(b for _, b in dynamic_blocks(dynamic))) == expected
+    assert block_type(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())) is None
+    assert {walk.block_type for walk in _walks(64).values()} == {"basic"}
+    with pytest.raises(ValueError, match="block type 'vgg' is unknown; allowed: basic, bottleneck"):
+        predict_walk(dataclasses.replace(_walks(64)["static"], block_type="vgg"), _synthetic_profile(), 1)
+
+
+def test_learned_correction_tells_block_types_apart():
+    """The same pieces measured inside networks of two block types at two factors: only the
+    block type tells them apart, and the correction learns both."""
+    hw = load_hardware("x86_avx2")
+    rng = random.Random(0)
+    factors = {"basic": 0.7, "regnet": 1.4}
+    samples = []
+    for n in range(8):
+        size, batch = rng.choice([64, 96, 128]), rng.choice([1, 2, 4])
+        for kind, factor in factors.items():
+            for plan in piece_plans(_walks(size)["static"], batch, {}, "sparse"):
+                ms = sum(c.total_ms for c in plan.segment_costs(hw)) * factor
+                samples.append(Sample("piece", plan.ops, ms, dict(kind=plan.kind, batch=batch, rate=plan.rate,
+                                                                   dynamic=plan.dynamic, fused=plan.fused,
+                                                                   network=f"{kind}-{n}", block_type=kind)))
+    hw = dataclasses.replace(hw, name="typed", samples=tuple(s.to_dict() for s in samples))
+    walk = _walks(112)["static"]
+    analytic = predict_walk(walk, hw, 2, method="analytic").total_ms
+    for kind, factor in factors.items():
+        learned = predict_walk(dataclasses.replace(walk, block_type=kind), hw, 2).total_ms
+        assert learned / analytic == pytest.approx(factor, rel=0.1), kind
 
 
 def test_block_prices_use_the_correction_and_the_drift_factor():

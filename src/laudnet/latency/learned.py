@@ -6,8 +6,8 @@ them fused, chooses kernels by measurement, and a block inside a network finds i
 in the caches and its weights out of them. Calibration therefore also times the *pieces*
 of whole networks as they run (:mod:`laudnet.measure.pieces`): every dynamic block, every
 residual block of a static network, and every run of static layers between them. A
-gradient-boosted regressor maps the features of a piece (its kind, batch and activation
-rate, its analytic cost and how it splits into compute, memory and overhead, its MACs,
+gradient-boosted regressor maps the features of a piece (its kind, the residual block its
+network is built of, batch and activation rate, its analytic cost and how it splits into compute, memory and overhead, its MACs,
 depthwise and grouped shares, bytes moved and map size) to the logarithm of measured over
 analytic time; a prediction is the analytic cost times that factor. Training is seeded, so
 predictions are deterministic.
@@ -28,16 +28,26 @@ KINDS = ("layers", "packed layers", "static", "spatial", "channel", "layer", "la
 """Kinds of pieces: static layers run eagerly or packed by the sparse engine, a residual block
 without gates, and a dynamic block of each paradigm."""
 
+BLOCK_TYPES = ("basic", "bottleneck", "regnet", "inverted residual")
+"""The residual block a network is built of (ResNet-18/34, ResNet-50+, RegNet-Y with
+squeeze-excitation, MobileNetV2): every piece of a network carries it, since pieces of the
+same operators run differently inside networks of different blocks (measured: RegNet-Y's
+sparse blocks run slower than ResNet pieces of the same cost)."""
+
 MIN_SAMPLES = 20
 _CACHE: dict[tuple, "LearnedCorrection"] = {}
 
 
-def piece_features(ops: list[Op], cost: Cost, kind: str, batch: int, rate: float) -> list[float]:
+def piece_features(ops: list[Op], cost: Cost, kind: str, batch: int, rate: float,
+                   block_type: str | None) -> list[float]:
     """What the regressor sees of one piece: ``ops`` its plan at ``batch``, ``cost`` their
     analytic cost (without drift scaling), ``rate`` the block's activation rate (1 for
-    static pieces)."""
+    static pieces), ``block_type`` the residual block of its network (one of
+    :data:`BLOCK_TYPES`, ``None`` for another or unknown)."""
     if kind not in KINDS:
         raise ValueError(f"piece kind {kind!r} is unknown; allowed: {', '.join(KINDS)}")
+    if block_type is not None and block_type not in BLOCK_TYPES:
+        raise ValueError(f"block type {block_type!r} is unknown; allowed: {', '.join(BLOCK_TYPES)} or None")
     log = lambda v: math.log(max(float(v), 1e-6))  # noqa: E731
     matmuls = [o for o in ops if o.kind in ("gemm", "conv")]
     macs = sum(o.macs * o.count for o in matmuls)
@@ -49,7 +59,7 @@ def piece_features(ops: list[Op], cost: Cost, kind: str, batch: int, rate: float
     pixels = max((o.shape[6] * o.shape[7] for o in convs), default=1)
     channels = max((o.shape[2] for o in convs), default=1)
     total = max(cost.total_ms, 1e-9)
-    return ([float(kind == k) for k in KINDS]
+    return ([float(kind == k) for k in KINDS] + [float(block_type == t) for t in BLOCK_TYPES]
             + [log(batch), float(rate), log(total), cost.compute_ms / total, cost.memory_ms / total,
                cost.overhead_ms / total, log(macs + 1), depthwise / max(macs, 1), grouped / max(macs, 1),
                log(moved + 1), log(gathered + 1), sum(o.count for o in ops if o.kind == "index"), float(len(ops)),
@@ -66,7 +76,8 @@ def analytic_cost(sample: Sample, hw: Hardware) -> Cost:
 def sample_features(sample: Sample, hw: Hardware) -> tuple[list[float], Cost]:
     """:func:`piece_features` of a measured piece on ``hw``, and its analytic cost."""
     cost = analytic_cost(sample, hw)
-    return piece_features(sample.ops, cost, sample.meta["kind"], sample.meta["batch"], sample.meta["rate"]), cost
+    meta = sample.meta
+    return piece_features(sample.ops, cost, meta["kind"], meta["batch"], meta["rate"], meta.get("block_type")), cost
 
 
 class LearnedCorrection:

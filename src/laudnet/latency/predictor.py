@@ -20,9 +20,13 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.regnet import ResBottleneckBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .. import checks
-from ..blocks.base import DynamicBlock
+from ..blocks import (DynamicBasicBlock, DynamicBlock, DynamicBottleneck, DynamicInvertedResidual,
+                      DynamicResBottleneckBlock)
 from ..dynamic import NetworkStats
 from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
 from ..static_pass import static_pass
@@ -37,6 +41,19 @@ EXECUTIONS = ("sparse", "static")
 _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "sigmoid", "sigmoid_",
                 "hardswish", "hardswish_", "hardsigmoid", "gelu", "tanh", "leaky_relu", "leaky_relu_", "elu", "mish"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_BLOCK_CLASSES = {"basic": (BasicBlock, DynamicBasicBlock), "bottleneck": (Bottleneck, DynamicBottleneck),
+                  "regnet": (ResBottleneckBlock, DynamicResBottleneckBlock),
+                  "inverted residual": (InvertedResidual, DynamicInvertedResidual)}
+
+
+def block_type(model: nn.Module) -> str | None:
+    """The residual block ``model`` (a network or one block, static or dynamic) is built of:
+    a name of :data:`laudnet.latency.learned.BLOCK_TYPES`, ``None`` if none is known."""
+    for module in model.modules():
+        for name, classes in _BLOCK_CLASSES.items():
+            if isinstance(module, classes):
+                return name
+    return None
 
 
 # --------------------------------------------------------------------------------- walk
@@ -77,6 +94,7 @@ class NetworkWalk:
     model_name: str
     input_size: int
     segments: list[Segment]
+    block_type: str | None = None  # see block_type()
 
     @property
     def blocks(self) -> list[Segment]:
@@ -245,7 +263,7 @@ def walk_network(model: nn.Module, input_size: int = 224) -> NetworkWalk:
             model(x)
     finally:
         recorder.close()
-    return NetworkWalk(type(model).__name__, input_size, recorder.segments)
+    return NetworkWalk(type(model).__name__, input_size, recorder.segments, block_type(model))
 
 
 # --------------------------------------------------------------------------------- report
@@ -419,7 +437,8 @@ def price_block(block: DynamicBlock, input_shape: tuple[int, int, int], hw: Hard
     cost = plan.segment_costs(hw)[0]
     correction = resolve_method(method, hw)
     if correction is not None:
-        cost = cost * correction.factors([piece_features(plan.ops, cost, plan.kind, batch_size, plan.rate)])[0]
+        row = piece_features(plan.ops, cost, plan.kind, batch_size, plan.rate, block_type(block))
+        cost = cost * correction.factors([row])[0]
     return cost * hw.time_scale, plan.ops
 
 
@@ -436,8 +455,8 @@ def predict_walk(walk: NetworkWalk, hardware: str | Hardware = "v100", batch_siz
     costs = [plan.segment_costs(hw) for plan in plans]
     factors = [1.0] * len(plans)
     if correction is not None:
-        factors = correction.factors([piece_features(plan.ops, total_cost(cost), plan.kind, batch_size, plan.rate)
-                                      for plan, cost in zip(plans, costs)])
+        factors = correction.factors([piece_features(plan.ops, total_cost(cost), plan.kind, batch_size, plan.rate,
+                                                     walk.block_type) for plan, cost in zip(plans, costs)])
     parts = []
     for plan, segment_costs, factor in zip(plans, costs, factors):
         for index, cost in zip(plan.indices, segment_costs):

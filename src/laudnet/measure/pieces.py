@@ -108,7 +108,8 @@ def _piece_samples(walk: NetworkWalk, batch: int, rates: dict[str, float], secon
     for index, plan in enumerate(plans):
         ms = statistics.median(round_[index] for round_ in seconds) * 1e3
         meta = dict(kind=plan.kind, batch=batch, rate=plan.rate, dynamic=plan.dynamic, fused=plan.fused,
-                    network=label, model=model, piece=walk.segments[plan.indices[0]].name)
+                    network=label, model=model, piece=walk.segments[plan.indices[0]].name,
+                    block_type=walk.block_type)
         samples.append(Sample("piece", plan.ops, ms, meta))
     return samples
 
