@@ -231,7 +231,8 @@ def summary_markdown(result: dict) -> str:
                      f"(all patches: {100 * result['object']['chance']:.1f} %)")
     overlap = result["object"] is not None
     lines += ["", "| block | paradigm | granularity | activation rate | MMACs | static MMACs |"
-              + " kept on objects | all patches on objects |" * overlap, "|---|---|---|---|---|---|" + "---|---|" * overlap]
+              + " kept on objects | all patches on objects |" * overlap,
+              "|---|---|---|---|---|---|" + "---|---|" * overlap]
     for b in result["blocks"]:
         shares = "".join(" - |" if b.get(key) is None else f" {100 * b[key]:.1f} % |"
                          for key in ("kept_on_object", "chance")) if overlap else ""

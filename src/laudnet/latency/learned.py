@@ -7,10 +7,10 @@ in the caches and its weights out of them. Calibration therefore also times the 
 of whole networks as they run (:mod:`laudnet.measure.pieces`): every dynamic block, every
 residual block of a static network, and every run of static layers between them. A
 gradient-boosted regressor maps the features of a piece (its kind, the residual block its
-network is built of, batch and activation rate, its analytic cost and how it splits into compute, memory and overhead, its MACs,
-depthwise and grouped shares, bytes moved and map size) to the logarithm of measured over
-analytic time; a prediction is the analytic cost times that factor. Training is seeded, so
-predictions are deterministic.
+network is built of, batch and activation rate, its analytic cost and how it splits into
+compute, memory and overhead, its MACs, depthwise and grouped shares, bytes moved and map
+size) to the logarithm of measured over analytic time; a prediction is the analytic cost
+times that factor. Training is seeded, so predictions are deterministic.
 """
 
 from __future__ import annotations
