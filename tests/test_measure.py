@@ -7,6 +7,7 @@ import laudnet
 import laudnet.measure.validate_networks as validate_networks_module
 from laudnet.latency.hardware import load_hardware
 from laudnet.measure import interleaved, ratio
+from laudnet.measure.drift import REFERENCE_WORKLOAD
 from laudnet.measure.validate_networks import build_networks, sample_networks, validate_networks
 
 
@@ -45,6 +46,7 @@ def test_whole_network_validation_rescales_each_network_for_the_drift_found_befo
     second, so the first pass's predictions are doubled and the second pass, brought to the
     first one's speed, is doubled too."""
     local = dataclasses.replace(load_hardware("x86_avx2"), name="local", calibrated=True, reference_ms=1.0,
+                                reference_workload=REFERENCE_WORKLOAD,
                                 model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
     times = iter([2.0, 1.0])
     monkeypatch.setattr(validate_networks_module, "reference_ms", lambda: next(times))
