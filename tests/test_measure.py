@@ -1,13 +1,7 @@
-import dataclasses
-
 import pytest
-import torch
 
 import laudnet
-import laudnet.measure.validate_networks as validate_networks_module
-from laudnet.latency.hardware import load_hardware
 from laudnet.measure import interleaved, ratio
-from laudnet.measure.drift import REFERENCE_WORKLOAD
 from laudnet.measure.validate_networks import build_networks, sample_networks, validate_networks
 
 
@@ -38,27 +32,3 @@ def test_whole_network_validation_samples_valid_networks_and_reports_speedups(tm
     assert row["remeasured_sparse_ms"] > 0 and row["remeasured_speedup"] > 0
     paths = result.write(tmp_path)
     assert "| resnet18 64px" in paths["md"].read_text() and paths["png"].stat().st_size > 0
-
-
-def test_whole_network_validation_rescales_each_network_for_the_drift_found_before_it(monkeypatch):
-    """The drift reference is timed right before each network (first pass and second):
-    here the machine runs it 2x slower before the first pass and as at calibration before the
-    second, so the first pass's predictions are doubled and the second pass, brought to the
-    first one's speed, is doubled too."""
-    local = dataclasses.replace(load_hardware("x86_avx2"), name="local", calibrated=True, reference_ms=1.0,
-                                reference_workload=REFERENCE_WORKLOAD,
-                                model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
-    times = iter([2.0, 1.0])
-    monkeypatch.setattr(validate_networks_module, "reference_ms", lambda: next(times))
-    result = validate_networks(1, seed=3, hardware=local, repeats=2, archs=("resnet18",), input_sizes=(64,),
-                               progress=False, remeasure=True)
-    row = result.rows[0]
-    config = validate_networks_module.NetworkConfig(**{k: row[k] for k in (
-        "arch", "input_size", "batch", "paradigm", "granularity", "rate")})
-    unscaled = validate_networks_module.predict_network(config, local)["static_ms"]
-    assert row["drift"] == 2.0 and row["predicted_static_ms"] == pytest.approx(2 * unscaled)
-    assert row["remeasured_drift"] == 1.0
-    assert row["rescaled_static_ms"] == pytest.approx(2 * row["remeasured_static_ms"])
-    assert "measured again, each pass rescaled for drift" in " ".join(result.metrics)
-    assert result.drift.startswith("the drift reference, timed right before each network, ran 2.00-2.00x")
-    assert "the predictions of 1 of 1 networks were rescaled" in result.drift

@@ -71,11 +71,6 @@ class Drift:
         """Whether the drift exceeds what the reference's own noise explains (:data:`DEAD_BAND`)."""
         return abs(self.factor - 1) > DEAD_BAND
 
-    @property
-    def applied(self) -> float:
-        """The factor predictions are scaled by: :attr:`factor` when significant, else 1."""
-        return self.factor if self.significant else 1.0
-
     def describe(self) -> str:
         pace = f"{self.factor:.2f}x slower" if self.factor >= 1 else f"{1 / self.factor:.2f}x faster"
         found = (f"this machine runs the drift reference {pace} than when profile {self.profile!r} was calibrated "
@@ -85,28 +80,21 @@ class Drift:
         return f"{found}, within the ±{DEAD_BAND:.0%} the reference itself varies: not rescaled"
 
 
-def check_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Drift | None, str | None]:
-    """The drift of this machine against ``hw``'s calibration now (``measure`` times the
-    reference), or ``None`` and why no check is possible: a profile without a reference
-    time, a process with another thread count than the profile's. Profiles not measured on
-    this machine (GPUs, datasheet CPU profiles) give ``(None, None)``."""
+def rescale_for_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Hardware, str | None]:
+    """``hw`` scaled to this machine's speed now, and a line saying what was found: the drift
+    factor, or why no check was possible (a profile without a reference time of this
+    laudnet's workload, a process with another thread count than the profile's). Profiles
+    not measured on this machine (GPUs, datasheet CPU profiles) come back unchanged with no
+    line. ``measure`` times the reference now (distributed training times it on one rank and
+    shares it)."""
     if hw.kind != "cpu" or not hw.calibrated:
-        return None, None
+        return hw, None
     if hw.reference_ms is None or hw.reference_workload != REFERENCE_WORKLOAD:
-        return None, (f"profile {hw.name!r} has no drift reference of this laudnet (calibrated by an older one), "
-                      "so it is not rescaled to this machine's speed now; run `laudnet latency calibrate` again")
+        return hw, (f"profile {hw.name!r} has no drift reference of this laudnet (calibrated by an older one), "
+                    "so it is not rescaled to this machine's speed now; run `laudnet latency calibrate` again")
     threads = hw.model.get("threads")
     if threads is not None and threads != torch.get_num_threads():
-        return None, (f"profile {hw.name!r} was calibrated with {threads} threads and this process runs "
-                      f"{torch.get_num_threads()}: no drift check, not rescaled")
-    return Drift(hw.name, hw.reference_ms, measure()), None
-
-
-def rescale_for_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Hardware, str | None]:
-    """``hw`` scaled to this machine's speed now (when the drift is :attr:`~Drift.significant`),
-    and a line saying what :func:`check_drift` found. ``measure`` times the reference now
-    (distributed training times it on one rank and shares it)."""
-    drift, why = check_drift(hw, measure)
-    if drift is None:
-        return hw, why
+        return hw, (f"profile {hw.name!r} was calibrated with {threads} threads and this process runs "
+                    f"{torch.get_num_threads()}: no drift check, not rescaled")
+    drift = Drift(hw.name, hw.reference_ms, measure())
     return (hw.scaled(drift.factor) if drift.significant else hw), drift.describe()

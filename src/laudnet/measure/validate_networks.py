@@ -8,9 +8,7 @@ network to the dynamic one (the same weights), and measures the sparse network a
 static torchvision network (channels-last, eager) interleaved in one process. It reports
 the accuracy of the predicted sparse and static latencies and of the predicted speedup
 (static / sparse), which does not depend on how fast the machine happens to run. A
-shared machine changes speed within minutes, so the drift reference of a calibrated
-profile (:mod:`.drift`) is timed again right before each network, and that network's
-predictions are rescaled by what it finds.
+calibrated profile is first rescaled to the machine's speed now (:mod:`.drift`).
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from ..latency.learned import LearnedCorrection
 from ..latency.predictor import predict_latency
 from ..models import convert, create_model
 from .bench import machine_description
-from .drift import Drift, check_drift, reference_ms
+from .drift import rescale_for_drift
 from .timing import interleaved, ratio, stable_allocator
 from .validate import accuracy, cpu_profile, scatter_against_measured
 
@@ -211,65 +209,40 @@ def _accuracies(rows: list[dict], prefix: str, label: str) -> dict[str, dict[str
             for name, key in QUANTITIES}
 
 
-def _drift_summary(drifts: list[Drift | None], why: str | None) -> str | None:
-    """One line on the drift checks made before each network (or why none was made)."""
-    found = [d for d in drifts if d is not None]
-    if not found:
-        return why
-    factors = [d.factor for d in found]
-    rescaled = sum(d.significant for d in found)
-    return (f"the drift reference, timed right before each network, ran {min(factors):.2f}-{max(factors):.2f}x "
-            f"(median {np.median(factors):.2f}x) its time at calibration; the predictions of {rescaled} of "
-            f"{len(found)} networks were rescaled by it (beyond ±10 %)")
-
-
 def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "local", repeats: int = 7,
                       threads: int | None = None, progress: bool = True, archs: tuple[str, ...] = NETWORK_ARCHS,
                       input_sizes: tuple[int, ...] = INPUT_SIZES, remeasure: bool = False) -> NetworkValidation:
     """Measure ``n`` held-out networks with ``threads`` (default: PyTorch's) and compare them
-    with the predictions on ``hardware`` (a CPU profile; a calibrated one is rescaled for the
-    drift found right before each network). With ``remeasure``, every network is measured a
-    second time after the first pass, and the agreement of the two passes (this machine's
-    noise floor) is reported with the rest, also with each pass rescaled for its drift."""
+    with the predictions on ``hardware`` (a CPU profile, rescaled for drift when calibrated).
+    With ``remeasure``, every network is measured a second time after the first pass, and the
+    agreement of the two passes (this machine's noise floor) is reported with the rest."""
     configs = sample_networks(n, seed, archs, input_sizes)
     if threads is not None:
         torch.set_num_threads(checks.positive_int("threads", threads))
-    base = cpu_profile(hardware)
+    hw = cpu_profile(hardware)
     stable_allocator()  # as calibration ran
-    learned = LearnedCorrection.available(base)
-    rows, drifts, why = [], [], None
+    hw, drift = rescale_for_drift(hw)
+    learned = LearnedCorrection.available(hw)
+    rows = []
     for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
-        drift, why = check_drift(base, reference_ms)
-        hw = base if drift is None else base.scaled(drift.applied)
         measured = measure_network(config, repeats)
         realized = measured.pop("rates")
         predicted = predict_network(config, hw, realized)
         row = dict(asdict(config), label=config.label, realized_rate=float(np.mean(list(realized.values()))),
-                   drift=None if drift is None else drift.factor, **{f"measured_{k}": v for k, v in measured.items()},
+                   **{f"measured_{k}": v for k, v in measured.items()},
                    **{f"predicted_{k}": v for k, v in predicted.items()})
         if learned:  # the analytic prior alone, for comparison
             row.update({f"analytic_{k}": v for k, v in predict_network(config, hw, realized, "analytic").items()})
         rows.append(row)
-        drifts.append(drift)
     metrics = _accuracies(rows, "predicted", "learned" if learned else "analytic")
     if learned:
         metrics.update(_accuracies(rows, "analytic", "analytic only"))
     if remeasure:
-        bar = tqdm(list(zip(configs, rows, drifts)), desc="measuring again", disable=not progress, unit="network")
-        for config, row, first in bar:
-            drift, _ = check_drift(base, reference_ms)
+        for config, row in zip(tqdm(configs, desc="measuring again", disable=not progress, unit="network"), rows):
             again = measure_network(config, repeats)
             row.update({f"remeasured_{key}": again[key] for _, key in QUANTITIES})
-            if first is not None and drift is not None:  # the second pass at the first one's speed
-                row["remeasured_drift"] = drift.factor
-                scale = first.applied / drift.applied
-                row.update(rescaled_sparse_ms=again["sparse_ms"] * scale, rescaled_static_ms=again["static_ms"] * scale,
-                           rescaled_speedup=again["speedup"])
         metrics.update(_accuracies(rows, "remeasured", "measured again"))
-        if all("rescaled_speedup" in row for row in rows):
-            metrics.update(_accuracies(rows, "rescaled", "measured again, each pass rescaled for drift"))
-    return NetworkValidation(base.name, machine_description(), torch.get_num_threads(), seed,
-                             _drift_summary(drifts, why), rows, metrics)
+    return NetworkValidation(hw.name, machine_description(), torch.get_num_threads(), seed, drift, rows, metrics)
 
 
 __all__ = ["NetworkConfig", "NetworkValidation", "build_networks", "measure_network", "predict_network",
