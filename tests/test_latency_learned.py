@@ -24,7 +24,7 @@ from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure.calibrate import calibrate
 from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
-from laudnet.measure.validate_networks import NetworkConfig, validate_networks
+from laudnet.measure.validate_networks import NETWORK_ARCHS, NETWORK_PARADIGMS, NetworkConfig, validate_networks
 
 FACTORS = {"packed layers": 1.3, "layers": 0.8, "static": 0.7, "spatial": 1.6, "channel": 2.0}
 """Measured / analytic time of each kind of piece in the synthetic calibrations."""
@@ -113,7 +113,10 @@ def test_measure_pieces_gives_one_sample_per_piece_at_the_realized_rates():
 def test_calibration_networks_are_seeded_and_cover_other_sizes():
     configs = calibration_networks(6, seed=0)
     assert configs == calibration_networks(6, seed=0)
-    assert {c.input_size for c in configs} - {128, 160, 192, 224}  # sizes the validation never uses
+    balanced = calibration_networks(35, seed=1)  # architectures and paradigms in turn: every pair once
+    assert {c.input_size for c in balanced} - {128, 160, 192, 224}  # sizes the validation never uses
+    assert [c.arch for c in balanced[:14]] == list(NETWORK_ARCHS) * 2
+    assert len({(c.arch, c.paradigm) for c in balanced}) == len(NETWORK_ARCHS) * len(NETWORK_PARADIGMS)
 
 
 def test_set_decisions_takes_one_rate_per_block():

@@ -94,9 +94,10 @@ def _durations(pieces, marks: list[float]) -> list[float]:
 
 def calibration_networks(n: int, seed: int = 0) -> list[NetworkConfig]:
     """``n`` networks to calibrate on, drawn with a seeded generator like the validation
-    networks but over more input sizes; their ``rate`` is unused (each block draws its own,
-    :func:`measure_pieces`)."""
-    return sample_networks(n, seed + 7919, NETWORK_ARCHS, CALIBRATION_SIZES)
+    networks but over more input sizes, every architecture and paradigm in turn (drawn at
+    random, 40 networks had left RegNetY-800MF with 2, and its pieces mispredicted); their
+    ``rate`` is unused (each block draws its own, :func:`measure_pieces`)."""
+    return sample_networks(n, seed + 7919, NETWORK_ARCHS, CALIBRATION_SIZES, balanced=True)
 
 
 def _piece_samples(walk: NetworkWalk, batch: int, rates: dict[str, float], seconds: list[list[float]],

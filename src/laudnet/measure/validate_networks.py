@@ -74,18 +74,22 @@ def _builds(config: NetworkConfig) -> bool:
 
 
 def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCHS,
-                    input_sizes: tuple[int, ...] = INPUT_SIZES) -> list[NetworkConfig]:
+                    input_sizes: tuple[int, ...] = INPUT_SIZES, balanced: bool = False) -> list[NetworkConfig]:
     """``n`` valid configurations drawn with a seeded generator (the same arguments always
-    give the same list); a granularity the network does not allow is drawn again."""
+    give the same list); a granularity the network does not allow is drawn again. With
+    ``balanced``, the architectures and the paradigms take turns (every pair once in 35
+    networks) instead of being drawn, so that none is left with one or two networks."""
     if n < 1:
         raise ValueError(f"the number of networks must be positive, got {n}")
     rng = np.random.default_rng(seed)
     configs: list[NetworkConfig] = []
     while len(configs) < n:
-        paradigm = NETWORK_PARADIGMS[int(rng.integers(len(NETWORK_PARADIGMS)))]
+        arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
+        paradigm = (NETWORK_PARADIGMS[len(configs) % len(NETWORK_PARADIGMS)] if balanced
+                    else NETWORK_PARADIGMS[int(rng.integers(len(NETWORK_PARADIGMS)))])
         choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
                    CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
-        config = NetworkConfig(archs[int(rng.integers(len(archs)))], int(rng.choice(input_sizes)),
+        config = NetworkConfig(arch, int(rng.choice(input_sizes)),
                                int(rng.choice(NETWORK_BATCHES)), paradigm, choices[int(rng.integers(len(choices)))],
                                float(rng.choice(NETWORK_RATES)))
         if _builds(config):
