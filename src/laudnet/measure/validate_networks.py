@@ -84,11 +84,11 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
     rng = np.random.default_rng(seed)
     configs: list[NetworkConfig] = []
     while len(configs) < n:
-        arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
         paradigm = (NETWORK_PARADIGMS[len(configs) % len(NETWORK_PARADIGMS)] if balanced
                     else NETWORK_PARADIGMS[int(rng.integers(len(NETWORK_PARADIGMS)))])
         choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
                    CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
+        arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
         config = NetworkConfig(arch, int(rng.choice(input_sizes)),
                                int(rng.choice(NETWORK_BATCHES)), paradigm, choices[int(rng.integers(len(choices)))],
                                float(rng.choice(NETWORK_RATES)))
