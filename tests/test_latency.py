@@ -22,7 +22,7 @@ from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import calibrate as cal, microbenchmarks, timing
 from laudnet.distributed import Context
-from laudnet.measure.drift import REFERENCE_WORKLOAD, Drift, reference_ms, rescale_for_drift
+from laudnet.measure.drift import Drift, reference_ms, rescale_for_drift
 from laudnet.train.loop import shared_reference
 from laudnet.measure.timing import stable_allocator
 from laudnet.measure.validate import ExactDecisions, accuracy, build_block, sample_configs
@@ -375,16 +375,12 @@ def test_narrow_groups_slow_grouped_convolutions_on_gpus():
 def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
     model = torchvision.models.resnet18().to("meta")
     local = dataclasses.replace(load_hardware("x86_avx2"), name="local", calibrated=True,
-                                reference_workload=REFERENCE_WORKLOAD,
                                 model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
     base = laudnet.predict_latency(model, local, batch_size=1)
     assert laudnet.predict_latency(model, local.scaled(1.5), batch_size=1).total_ms == pytest.approx(1.5 * base.total_ms)
     assert rescale_for_drift(load_hardware("v100")) == (load_hardware("v100"), None)  # no machine to drift
     unchanged, message = rescale_for_drift(local)
-    assert unchanged is local and "has no drift reference of this laudnet" in message
-    older = dataclasses.replace(local, reference_ms=2.5, reference_workload=None)  # timed on another workload
-    unchanged, message = rescale_for_drift(older, measure=lambda: 25.0)
-    assert unchanged is older and "calibrated by an older one" in message
+    assert unchanged is local and "has no drift reference" in message
     other_threads = dataclasses.replace(local, reference_ms=1.0, model={**local.model, "threads": 99})
     assert "calibrated with 99 threads" in rescale_for_drift(other_threads)[1]
     drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=reference_ms() / 3))
@@ -402,7 +398,6 @@ def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
 
 def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):
     data = load_hardware("x86_avx2").to_dict()
-    data.update(name="mine", calibrated=True, reference_ms=3.25, reference_workload=REFERENCE_WORKLOAD)
+    data.update(name="mine", calibrated=True, reference_ms=3.25)
     assert save_hardware(data, tmp_path / "mine.json").reference_ms == 3.25
-    loaded = load_hardware(tmp_path / "mine.json").to_dict()
-    assert (loaded["reference_ms"], loaded["reference_workload"]) == (3.25, REFERENCE_WORKLOAD)
+    assert load_hardware(tmp_path / "mine.json").to_dict()["reference_ms"] == 3.25

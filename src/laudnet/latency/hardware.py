@@ -65,8 +65,6 @@ class Hardware:
     """Calibration measurements (``local`` profiles); their network pieces train the learned correction."""
     reference_ms: float | None = None
     """Time of the drift reference workload at calibration (:mod:`laudnet.measure.drift`)."""
-    reference_workload: str | None = None
-    """Which workload ``reference_ms`` timed (``None``: an older laudnet's)."""
     time_scale: float = 1.0
     """Factor on every predicted time: how much slower this machine runs than when the
     profile was calibrated (:meth:`scaled`)."""
@@ -91,7 +89,7 @@ class Hardware:
         data["sources"] = list(self.sources)
         data.update(calibrated=self.calibrated, tensor_tflops=self.tensor_tflops, notes=self.notes)
         if self.reference_ms is not None:
-            data.update(reference_ms=self.reference_ms, reference_workload=self.reference_workload)
+            data["reference_ms"] = self.reference_ms
         return data
 
     def describe(self) -> str:
@@ -134,7 +132,7 @@ def _parse(data: dict[str, Any], origin: str, path: Path | None = None) -> Hardw
                     launch_us=float(data["launch_us"]), model=dict(data["model"]), sources=tuple(data["sources"]),
                     calibrated=bool(data.get("calibrated", False)), tensor_tflops=dict(data.get("tensor_tflops", {})),
                     notes=data.get("notes", ""), path=path, samples=tuple(data.get("samples", ())),
-                    reference_ms=data.get("reference_ms"), reference_workload=data.get("reference_workload"))
+                    reference_ms=data.get("reference_ms"))
 
 
 def _profile_files() -> dict[str, Path]:

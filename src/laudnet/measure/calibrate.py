@@ -39,7 +39,7 @@ from ..latency.hardware import Cache, Hardware, save_hardware, user_profile_dir
 from ..latency.samples import Sample
 from ..machine import cpu_field, cpu_flags, cpu_name
 from ..outputs import check_file
-from .drift import REFERENCE_WORKLOAD, reference_ms
+from .drift import reference_ms
 from .microbenchmarks import BLOCK_PARADIGMS, FAMILIES, measure
 from .pieces import measure_networks
 from .timing import STATISTICS, stable_allocator
@@ -281,5 +281,5 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
                      f"clock as reported; the fitted efficiencies absorb their errors. Fit RMS errors: "
                      + ", ".join(f"{k} {v['rmspe']:.1%}" for k, v in report.items()))
     data["samples"] = [s.to_dict() for s in samples]
-    data.update(reference_ms=reference_ms(), reference_workload=REFERENCE_WORKLOAD)
+    data["reference_ms"] = reference_ms()
     return save_hardware(data, path), report

@@ -10,47 +10,34 @@ predict``, a latency-budget training run): a rescaling is never silent.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torchvision
-from torch import nn
 
 from ..latency.hardware import Hardware
 from .timing import time_call
 
 REFERENCE_REPEATS = 21
-REFERENCE_WORKLOAD = "resnet18 96px b1 channels-last"
-"""What the drift reference runs, stored in a calibrated profile with its time: a profile
-timed on another workload (an older laudnet's matrix product and addition) is not compared."""
 DEAD_BAND = 0.10
 """Drift within this share is not acted on: the reference itself varies that much between
 runs on a shared machine (±10-15 % seen on a 2-core VM)."""
 
 
-@functools.lru_cache(maxsize=1)
-def _reference_network() -> tuple[nn.Module, torch.Tensor]:
-    """The reference workload's network and input, built once with seeded weights."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        network = torchvision.models.resnet18(weights=None).eval().to(memory_format=torch.channels_last)
-        x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
-    return network, x
-
-
 def reference_ms(repeats: int = REFERENCE_REPEATS) -> float:
-    """Milliseconds of the reference workload (:data:`REFERENCE_WORKLOAD`): a forward pass of
-    a small ResNet-18, eager. Networks are what the profile prices, and a network's
-    convolutions, normalisations and many short parallel regions follow the machine's swings
-    more closely than a single matrix product does (measured on the 2-core VM: a second
-    pass of 14 networks minutes later, each divided by the reference timed just before it,
-    agreed with the first within ±10 % for 43-50 % of them, against 36-50 % divided by a
-    matrix product and an addition, RMSPE 16-17 % against 26-29 %)."""
-    network, x = _reference_network()
+    """Milliseconds of the reference workload: a compute-bound matrix product (the implicit
+    GEMM of a 3×3 convolution at ResNet-50 stage-3 shapes) and a memory-bound addition, both
+    into preallocated outputs so that the allocator's state does not enter; each the median
+    of interleaved rounds."""
+    generator = torch.Generator().manual_seed(0)
+    rows, weights, product = (torch.randn(196, 2304, generator=generator), torch.randn(2304, 256, generator=generator),
+                              torch.empty(196, 256))
+    a, b, total = (torch.randn(4 * 1024 * 28 * 28, generator=generator),
+                   torch.randn(4 * 1024 * 28 * 28, generator=generator), torch.empty(4 * 1024 * 28 * 28))
     with torch.no_grad():
-        return time_call(lambda: network(x), repeats)
+        gemm = time_call(lambda: torch.mm(rows, weights, out=product), repeats, min_ms=10.0)
+        add = time_call(lambda: torch.add(a, b, out=total), repeats, min_ms=10.0)
+    return gemm + add
 
 
 @dataclass(frozen=True)
@@ -82,16 +69,15 @@ class Drift:
 
 def rescale_for_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Hardware, str | None]:
     """``hw`` scaled to this machine's speed now, and a line saying what was found: the drift
-    factor, or why no check was possible (a profile without a reference time of this
-    laudnet's workload, a process with another thread count than the profile's). Profiles
-    not measured on this machine (GPUs, datasheet CPU profiles) come back unchanged with no
-    line. ``measure`` times the reference now (distributed training times it on one rank and
-    shares it)."""
+    factor, or why no check was possible (a profile without a reference time, a process with
+    another thread count than the profile's). Profiles not measured on this machine (GPUs,
+    datasheet CPU profiles) come back unchanged with no line. ``measure`` times the
+    reference now (distributed training times it on one rank and shares it)."""
     if hw.kind != "cpu" or not hw.calibrated:
         return hw, None
-    if hw.reference_ms is None or hw.reference_workload != REFERENCE_WORKLOAD:
-        return hw, (f"profile {hw.name!r} has no drift reference of this laudnet (calibrated by an older one), "
-                    "so it is not rescaled to this machine's speed now; run `laudnet latency calibrate` again")
+    if hw.reference_ms is None:
+        return hw, (f"profile {hw.name!r} has no drift reference (calibrated by an older laudnet), so it is not "
+                    "rescaled to this machine's speed now; run `laudnet latency calibrate` again")
     threads = hw.model.get("threads")
     if threads is not None and threads != torch.get_num_threads():
         return hw, (f"profile {hw.name!r} was calibrated with {threads} threads and this process runs "
