@@ -32,7 +32,7 @@ from ..sparse.plan import FLOAT_BYTES, Op, conv_op, gemm_op
 from ..static_pass import static_pass
 from .cost import Cost, block_overhead_ms, plan_cost, total_cost
 from .hardware import Hardware, load_hardware
-from .learned import LearnedCorrection, piece_features
+from .learned import BLOCK_TYPES, LearnedCorrection, piece_features
 
 Rates = Union[None, float, Mapping[str, float], NetworkStats]
 METHODS = ("auto", "analytic", "learned")
@@ -41,9 +41,10 @@ EXECUTIONS = ("sparse", "static")
 _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "sigmoid", "sigmoid_",
                 "hardswish", "hardswish_", "hardsigmoid", "gelu", "tanh", "leaky_relu", "leaky_relu_", "elu", "mish"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_BLOCK_CLASSES = {"basic": (BasicBlock, DynamicBasicBlock), "bottleneck": (Bottleneck, DynamicBottleneck),
-                  "regnet": (ResBottleneckBlock, DynamicResBottleneckBlock),
-                  "inverted residual": (InvertedResidual, DynamicInvertedResidual)}
+_BLOCK_CLASSES = dict(zip(BLOCK_TYPES, ((BasicBlock, DynamicBasicBlock), (Bottleneck, DynamicBottleneck),
+                                        (ResBottleneckBlock, DynamicResBottleneckBlock),
+                                        (InvertedResidual, DynamicInvertedResidual))))
+"""The static and dynamic classes of each of :data:`~laudnet.latency.learned.BLOCK_TYPES`, in its order."""
 
 
 def block_type(model: nn.Module) -> str | None:
