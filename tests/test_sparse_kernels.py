@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from laudnet.sparse.packed import PackedConv
+from laudnet.sparse.extension import extension
+from laudnet.sparse.packed import PackedConv, select_channels
 from laudnet.sparse.pixels import (compact_index, from_rows, gather_taps, neighbor_table, pixel_rows,
                                    receptive_mask)
 
@@ -76,6 +77,22 @@ def test_sliced_convolution_equals_the_masked_one(groups):
     if groups == 4:
         with pytest.raises(ValueError, match="whole groups"):
             PackedConv(conv, norm).sliced(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("channels", [[5, 0, 9, 3], list(range(2, 40)), list(range(0, 64, 2)), list(range(8, 24)) + [40, 41],
+                                      []])
+def test_column_selection_equals_index_select(channels):
+    """The C++ selection of the last dimension (element by element, or by runs of adjacent
+    channels) copies exactly what ``index_select`` does."""
+    weight = torch.randn(6, 3, 3, 64)
+    index = torch.tensor(channels, dtype=torch.long)
+    assert torch.equal(select_channels(weight, 3, index), weight.index_select(3, index))
+    kernels = extension()
+    if kernels is None:
+        pytest.skip("C++ sparse kernels unavailable")
+    assert torch.equal(kernels.select_columns(weight.reshape(-1, 64), index), weight.reshape(-1, 64)[:, index])
+    with pytest.raises(RuntimeError, match="column 64 out of range for 64 columns"):
+        kernels.select_columns(weight.reshape(-1, 64), torch.tensor([3, 64]))
 
 
 @pytest.mark.parametrize("block_type, stride", [("bottleneck", 1), ("bottleneck", 2), ("basic", 1), ("basic", 2)])

@@ -263,8 +263,7 @@ class DynamicBlock(nn.Module):
             mask, scale = self._channel_factors(d)
             running = (torch.arange(x.shape[0], device=x.device) if d.layer is None
                        else (d.layer > 0).nonzero().squeeze(1))
-            return channel_skipping.run(self.branch, x, identity, mask, scale, running, self.channel_masker.granularity,
-                               d.layer_scale), None
+            return channel_skipping.run(self.branch, x, identity, mask, scale, running, d.layer_scale), None
         return layer_skipping.run(self.branch, x, identity, d.layer, d.layer_scale), None
 
     # ----------------------------------------------------------------- plans

@@ -46,12 +46,11 @@ def channel_runs(mask: Tensor, pixels: int) -> tuple[list[tuple[Tensor, Tensor]]
 
 
 def run(branch: Branch, x: Tensor, identity: Tensor, mask: Tensor, scale: Tensor | None, running: Tensor,
-        group: int, layer_scale: Tensor | None = None) -> Tensor:
+        layer_scale: Tensor | None = None) -> Tensor:
     """``act(identity + branch(x))`` on channels-last ``x`` with the inner channels
     restricted per sample by the ``(B, C_inner)`` 0/1 ``mask`` (``scale``, if given,
     multiplies the last inner unit's outputs), for the ``running`` samples only (the
-    others get ``act(identity)``); channels come in whole groups of ``group``;
-    ``layer_scale`` ``(B,)`` multiplies each sample's branch."""
+    others get ``act(identity)``); ``layer_scale`` ``(B,)`` multiplies each sample's branch."""
     packed = branch.packed()
     last = len(packed) - 1
     inner = mask.shape[1]
@@ -64,8 +63,8 @@ def run(branch: Branch, x: Tensor, identity: Tensor, mask: Tensor, scale: Tensor
             h = branch.zero_response().expand(samples.numel() * pixels, -1)
         else:
             every = channels.numel() == inner
-            convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None,
-                                                      group) for i, conv in enumerate(packed)]
+            convs = packed if every else [conv.sliced(channels if i > 0 else None, channels if i < last else None)
+                                          for i, conv in enumerate(packed)]
             scale_unit = None if scale is None else (last - 1, scale[samples][:, channels])
             if samples.numel() == x.shape[0] and layer_scale is None:  # one run of every sample
                 return branch.dense(x, identity, convs, scale_unit=scale_unit,

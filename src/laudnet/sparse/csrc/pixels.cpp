@@ -1,7 +1,8 @@
-// Index bookkeeping and the residual epilogue of spatial sparse execution, in one call each.
-// The PyTorch implementation in laudnet/engine/spatial.py, laudnet/engine/branch.py and
-// laudnet/sparse/pixels.py defines the semantics; these kernels compute exactly the same rows
-// and taps (tests compare both).
+// Index bookkeeping and the residual epilogue of spatial sparse execution, in one call each,
+// and the column selection of channel skipping's weight slicing.
+// The PyTorch implementation in laudnet/engine/spatial.py, laudnet/engine/branch.py,
+// laudnet/sparse/pixels.py and laudnet/sparse/packed.py defines the semantics; these kernels
+// compute exactly the same rows, taps and columns (tests compare both).
 #include <torch/extension.h>
 
 #include <cstdint>
@@ -183,10 +184,54 @@ torch::Tensor gather_rows(torch::Tensor source, torch::Tensor taps) {
   return out;
 }
 
+// Columns ``index`` of the (R, C) float32 ``source``: (R, K). PyTorch's ``index_select`` on
+// the last dimension copies element by element through its generic indexing (measured at
+// about 0.5 GB/s on a 3x3 convolution's weight). Here each row is a loop over the columns,
+// or, when the columns come in long runs of adjacent ones (channel groups), one copy per run.
+torch::Tensor select_columns(torch::Tensor source, torch::Tensor index) {
+  TORCH_CHECK(source.dim() == 2 && source.is_contiguous() && source.scalar_type() == torch::kFloat,
+              "select_columns takes contiguous float32 (R, C) rows");
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == torch::kLong, "select_columns takes (K,) int64 columns");
+  auto columns = index.contiguous();
+  const int64_t rows = source.size(0), width = source.size(1), k = columns.size(0);
+  const int64_t* c = columns.data_ptr<int64_t>();
+  std::vector<int64_t> run_start, run_length;  // runs of adjacent columns
+  for (int64_t j = 0; j < k; ++j) {
+    TORCH_CHECK(c[j] >= 0 && c[j] < width, "select_columns: column ", c[j], " out of range for ", width, " columns");
+    if (j > 0 && c[j] == c[j - 1] + 1) {
+      ++run_length.back();
+    } else {
+      run_start.push_back(c[j]);
+      run_length.push_back(1);
+    }
+  }
+  const int64_t runs = run_start.size();
+  const bool by_runs = k >= 16 * runs;  // a copy call per run pays off from about 16 columns a run
+  auto out = torch::empty({rows, k}, source.options());
+  const float* src = source.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* s = src + r * width;
+      float* o = dst + r * k;
+      if (by_runs) {
+        for (int64_t q = 0; q < runs; ++q) {
+          std::copy(s + run_start[q], s + run_start[q] + run_length[q], o);
+          o += run_length[q];
+        }
+      } else {
+        for (int64_t j = 0; j < k; ++j) o[j] = s[c[j]];
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spatial_rows", &spatial_rows, "rows and taps of every unit of a spatial block");
   m.def("add_rows", &add_rows, "residual add and activation at some pixel rows");
   m.def("gather_rows", &gather_rows, "gathered taps, zeros for padding taps");
+  m.def("select_columns", &select_columns, "some columns of a matrix");
 }
