@@ -35,3 +35,4 @@ def test_whole_network_validation_samples_valid_networks_and_reports_speedups(tm
     assert row["remeasured_sparse_ms"] > 0 and row["remeasured_speedup"] > 0
     paths = result.write(tmp_path)
     assert "| resnet18 64px" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+    assert "measured interleaved, 2 rounds" in paths["md"].read_text()

@@ -22,7 +22,7 @@ from ..latency.predictor import METHODS, predict_latency
 from ..measure.calibrate import NETWORK_SECONDS, NETWORKS, calibrate
 from ..measure.drift import rescale_for_drift
 from ..measure.validate import validate
-from ..measure.validate_networks import validate_networks
+from ..measure.validate_networks import NETWORK_REPEATS, validate_networks
 from ..models import create_model, list_models
 from ..outputs import check_directory, claim
 from .arguments import non_negative_int, positive_int, rate
@@ -80,7 +80,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     validate_parser.add_argument("--seed", type=int, default=1)
     validate_parser.add_argument("--hardware", default="local")
     validate_parser.add_argument("--threads", type=positive_int, default=None, help="default: those of the profile")
-    validate_parser.add_argument("--repeats", type=positive_int, default=7)
+    validate_parser.add_argument("--repeats", type=positive_int, default=None,
+                                 help=f"timing rounds (default: 7 per block, {NETWORK_REPEATS} per whole network)")
     validate_parser.add_argument("--decisions", type=positive_int, default=3,
                                  help="random decision sets per configuration")
     validate_parser.add_argument("--statistic", choices=("median", "min"), default="median")
@@ -163,13 +164,14 @@ def validate_command(args: argparse.Namespace) -> int:
         raise ValueError("--remeasure applies to whole networks: add --networks")
     threads = args.threads or load_hardware(args.hardware).model.get("threads")
     paradigms = None if args.paradigms is None else tuple(p.strip() for p in args.paradigms.split(","))
+    repeats = {} if args.repeats is None else {"repeats": args.repeats}  # else each validation's default
     with claim(args.out):
         if args.networks:
-            result = validate_networks(args.n, args.seed, args.hardware, args.repeats, threads=threads,
-                                       remeasure=args.remeasure)
+            result = validate_networks(args.n, args.seed, args.hardware, threads=threads, remeasure=args.remeasure,
+                                       **repeats)
         else:
-            result = validate(args.n, args.seed, args.hardware, args.repeats, args.decisions, threads,
-                              args.statistic, paradigms=paradigms)
+            result = validate(args.n, args.seed, args.hardware, decisions=args.decisions, threads=threads,
+                              statistic=args.statistic, paradigms=paradigms, **repeats)
         paths = result.write(args.out)
     print(result.markdown().split("\n| configuration")[0].split("\n| network")[0].rstrip())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
