@@ -218,7 +218,9 @@ def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch)
     loaded = load_hardware(str(tmp_path / "mine.json"))
     kinds = sorted({s["meta"]["kind"] for s in loaded.samples if s["family"] == "piece"})
     assert kinds == ["layers", "packed layers", "spatial", "static"]
-    assert report["piece"]["n"] == 20 and "network, learned" not in report and "20 pieces of 1 network;" in loaded.sources[0]
+    # the network's 20 pieces, once per pass
+    assert pieces.PASSES == 2 and report["piece"]["n"] == 40 and "network, learned" not in report
+    assert "40 pieces of 1 network in up to 2 passes;" in loaded.sources[0]
     assert LearnedCorrection.available(loaded)
     with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
         calibrate(tmp_path / "other.json", networks=-1)
