@@ -79,8 +79,8 @@ def test_sliced_convolution_equals_the_masked_one(groups):
             PackedConv(conv, norm).sliced(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
 
 
-@pytest.mark.parametrize("channels", [[5, 0, 9, 3], list(range(2, 40)), list(range(0, 64, 2)), list(range(8, 24)) + [40, 41],
-                                      []])
+@pytest.mark.parametrize("channels", [[5, 0, 9, 3], list(range(2, 40)), list(range(0, 64, 2)),
+                                      list(range(8, 24)) + [40, 41], []])
 def test_column_selection_equals_index_select(channels):
     """The C++ selection of the last dimension (element by element, or by runs of adjacent
     channels) copies exactly what ``index_select`` does."""

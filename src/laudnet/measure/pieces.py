@@ -38,8 +38,8 @@ RATE_RANGE = (0.05, 1.0)
 PASSES = 2
 """Passes over the calibration networks, minutes apart. Measured on a shared 2-core VM: two
 calibrations of one pass each predicted the same held-out networks' speedups within ±10 % of
-each other for about half of them (RMS 11 %), two of both calibrations' pieces together for
-95 % (RMS 5 %): the machine's moods enter a single pass's pieces."""
+each other for about half of them (RMS 11 %); trained on the pieces of both together, for
+95 % (RMS 5 %): a single pass's pieces carry the machine's mood of those minutes."""
 
 
 @contextmanager

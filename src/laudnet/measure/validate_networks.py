@@ -256,5 +256,5 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
                              metrics)
 
 
-__all__ = ["NETWORK_REPEATS", "NetworkConfig", "NetworkValidation", "build_networks", "measure_network", "predict_network",
-           "sample_networks", "validate_networks"]
+__all__ = ["NETWORK_REPEATS", "NetworkConfig", "NetworkValidation", "build_networks", "measure_network",
+           "predict_network", "sample_networks", "validate_networks"]
