@@ -24,7 +24,8 @@ from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure.calibrate import calibrate
 from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
-from laudnet.measure.validate_networks import NETWORK_ARCHS, NETWORK_PARADIGMS, NetworkConfig, validate_networks
+from laudnet.measure.validate_networks import (NETWORK_ARCHS, NETWORK_BATCHES, NETWORK_PARADIGMS, NetworkConfig,
+                                              validate_networks)
 
 FACTORS = {"packed layers": 1.3, "layers": 0.8, "static": 0.7, "spatial": 1.6, "channel": 2.0}
 """Measured / analytic time of each kind of piece in the synthetic calibrations."""
@@ -113,10 +114,12 @@ def test_measure_pieces_gives_one_sample_per_piece_at_the_realized_rates():
 def test_calibration_networks_are_seeded_and_cover_other_sizes():
     configs = calibration_networks(6, seed=0)
     assert configs == calibration_networks(6, seed=0)
-    balanced = calibration_networks(35, seed=1)  # architectures and paradigms in turn: every pair once
+    balanced = calibration_networks(105, seed=1)  # architectures, paradigms and batches in turn
     assert {c.input_size for c in balanced} - {128, 160, 192, 224}  # sizes the validation never uses
     assert [c.arch for c in balanced[:14]] == list(NETWORK_ARCHS) * 2
-    assert len({(c.arch, c.paradigm) for c in balanced}) == len(NETWORK_ARCHS) * len(NETWORK_PARADIGMS)
+    assert [c.batch for c in balanced[:6]] == list(NETWORK_BATCHES) * 2
+    triples = {(c.arch, c.paradigm, c.batch) for c in balanced}  # every one once
+    assert len(triples) == len(NETWORK_ARCHS) * len(NETWORK_PARADIGMS) * len(NETWORK_BATCHES)
 
 
 def test_set_decisions_takes_one_rate_per_block():
@@ -218,9 +221,8 @@ def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch)
     loaded = load_hardware(str(tmp_path / "mine.json"))
     kinds = sorted({s["meta"]["kind"] for s in loaded.samples if s["family"] == "piece"})
     assert kinds == ["layers", "packed layers", "spatial", "static"]
-    # the network's 20 pieces, once per pass
-    assert pieces.PASSES == 2 and report["piece"]["n"] == 40 and "network, learned" not in report
-    assert "40 pieces of 1 network in up to 2 passes;" in loaded.sources[0]
+    assert report["piece"]["n"] == 20 and "network, learned" not in report  # 10 sparse, 10 static
+    assert "20 pieces of 1 network;" in loaded.sources[0]
     assert LearnedCorrection.available(loaded)
     with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
         calibrate(tmp_path / "other.json", networks=-1)

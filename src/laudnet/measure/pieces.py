@@ -35,11 +35,6 @@ from .validate_networks import NETWORK_ARCHS, NetworkConfig, build_networks, sam
 CALIBRATION_SIZES = (96, 128, 160, 192, 224, 256)
 RATE_RANGE = (0.05, 1.0)
 """Each block of a calibration network gets its own rate, uniform in this range."""
-PASSES = 2
-"""Passes over the calibration networks, minutes apart. Measured on a shared 2-core VM: two
-calibrations of one pass each predicted the same held-out networks' speedups within ±10 % of
-each other for about half of them (RMS 11 %); trained on the pieces of both together, for
-95 % (RMS 5 %): a single pass's pieces carry the machine's mood of those minutes."""
 
 
 @contextmanager
@@ -99,9 +94,10 @@ def _durations(pieces, marks: list[float]) -> list[float]:
 
 def calibration_networks(n: int, seed: int = 0) -> list[NetworkConfig]:
     """``n`` networks to calibrate on, drawn with a seeded generator like the validation
-    networks but over more input sizes, every architecture and paradigm in turn (drawn at
-    random, 40 networks had left RegNetY-800MF with 2, and its pieces mispredicted); their
-    ``rate`` is unused (each block draws its own, :func:`measure_pieces`)."""
+    networks but over more input sizes, every architecture, paradigm and batch in turn
+    (drawn at random, 40 networks had left RegNetY-800MF with 2, and channel-skipping
+    bottlenecks without batch 4, and those were mispredicted); their ``rate`` is unused
+    (each block draws its own, :func:`measure_pieces`)."""
     return sample_networks(n, seed + 7919, NETWORK_ARCHS, CALIBRATION_SIZES, balanced=True)
 
 
@@ -150,23 +146,21 @@ def measure_pieces(config: NetworkConfig, repeats: int = 5, seed: int = 0) -> li
 
 
 def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = True,
-                     time_limit_s: float | None = None, passes: int = PASSES) -> list[Sample]:
-    """The pieces of ``n`` calibration networks (:func:`calibration_networks`), measured in
-    ``passes`` passes over all of them, or as many as ``time_limit_s`` seconds allow (the
-    first network's kernel choices on a new machine take longest; they are cached,
-    :mod:`laudnet.sparse.tuning`)."""
+                     time_limit_s: float | None = None) -> list[Sample]:
+    """The pieces of ``n`` calibration networks (:func:`calibration_networks`), or of as
+    many as ``time_limit_s`` seconds allow (the first network's kernel choices on a new
+    machine take longest; they are cached, :mod:`laudnet.sparse.tuning`)."""
     samples: list[Sample] = []
     started = time.perf_counter()
     configs = calibration_networks(n, seed)
-    runs = [(index, config) for _ in range(passes) for index, config in enumerate(configs)]
-    with tqdm(runs, desc="calibrating on networks", disable=not progress, unit="network") as bar:
-        for done, (index, config) in enumerate(bar):
+    with tqdm(configs, desc="calibrating on networks", disable=not progress, unit="network") as bar:
+        for index, config in enumerate(bar):
             if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
-                bar.write(f"calibration on networks stopped after {done} of {len(runs)} network passes: "
+                bar.write(f"calibration on networks stopped after {index} of {len(configs)} networks: "
                           f"time limit of {time_limit_s:.0f} s reached")
                 break
             samples += measure_pieces(config, repeats, seed * 1000 + index)
     return samples
 
 
-__all__ = ["CALIBRATION_SIZES", "PASSES", "calibration_networks", "measure_networks", "measure_pieces", "piece_timer"]
+__all__ = ["CALIBRATION_SIZES", "calibration_networks", "measure_networks", "measure_pieces", "piece_timer"]

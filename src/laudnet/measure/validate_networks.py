@@ -13,6 +13,7 @@ calibrated profile is first rescaled to the machine's speed now (:mod:`.drift`).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,9 +70,13 @@ class NetworkConfig:
         return f"{self.arch} {self.input_size}px b={self.batch} {self.paradigm}{gran} r={self.rate:.2f}"
 
 
-def _builds(config: NetworkConfig) -> bool:
+@functools.lru_cache(maxsize=None)
+def _builds(arch: str, input_size: int, paradigm: str, granularity: int | None) -> bool:
+    """Whether the dynamic network can be built (the granularity fits its maps and blocks);
+    built on the meta device: shapes only."""
     try:
-        build_networks(config, meta=True)
+        with torch.device("meta"):
+            create_model(arch, paradigm=paradigm, granularity=granularity, input_size=input_size)
     except ValueError:
         return False
     return True
@@ -81,8 +86,9 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
                     input_sizes: tuple[int, ...] = INPUT_SIZES, balanced: bool = False) -> list[NetworkConfig]:
     """``n`` valid configurations drawn with a seeded generator (the same arguments always
     give the same list); a granularity the network does not allow is drawn again. With
-    ``balanced``, the architectures and the paradigms take turns (every pair once in 35
-    networks) instead of being drawn, so that none is left with one or two networks."""
+    ``balanced``, the architectures, the paradigms and the batches take turns (every triple
+    once in 105 networks) instead of being drawn, so that none is left with one or two
+    networks or one batch."""
     if n < 1:
         raise ValueError(f"the number of networks must be positive, got {n}")
     rng = np.random.default_rng(seed)
@@ -93,10 +99,12 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
         choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
                    CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
         arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
-        config = NetworkConfig(arch, int(rng.choice(input_sizes)),
-                               int(rng.choice(NETWORK_BATCHES)), paradigm, choices[int(rng.integers(len(choices)))],
+        size = int(rng.choice(input_sizes))
+        batch = (NETWORK_BATCHES[len(configs) % len(NETWORK_BATCHES)] if balanced
+                 else int(rng.choice(NETWORK_BATCHES)))
+        config = NetworkConfig(arch, size, batch, paradigm, choices[int(rng.integers(len(choices)))],
                                float(rng.choice(NETWORK_RATES)))
-        if _builds(config):
+        if _builds(config.arch, config.input_size, config.paradigm, config.granularity):
             configs.append(config)
     return configs
 
