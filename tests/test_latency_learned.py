@@ -18,7 +18,7 @@ import laudnet
 from laudnet.cli import main
 from laudnet.dynamic import dynamic_blocks, set_decisions, stats
 from laudnet.latency.hardware import load_hardware, save_hardware
-from laudnet.latency.learned import LearnedCorrection, held_out_predictions
+from laudnet.latency.learned import LearnedCorrection, held_out_predictions, network_moods
 from laudnet.latency.predictor import block_type, piece_plans, predict_walk, price_block, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
@@ -187,6 +187,29 @@ def test_learned_correction_tells_block_types_apart():
     for kind, factor in factors.items():
         learned = predict_walk(dataclasses.replace(walk, block_type=kind), hw, 2).total_ms
         assert learned / analytic == pytest.approx(factor, rel=0.1), kind
+
+
+def test_correction_divides_out_the_moment_a_network_was_measured():
+    """Ten static networks measured at their analytic time, but the tenth, and the sparse
+    network measured with it, 1.5x slower (a slow moment of the machine): the sparse pieces,
+    seen in that network only, are priced at their analytic time, not at the moment's."""
+    hw = load_hardware("x86_avx2")
+    walks = _walks(96)
+    rates = {block.name: 0.5 for block in walks["spatial"].blocks}
+    samples = []
+    for n in range(10):
+        measured = [("static", walks["static"], 1.0 if n < 9 else 1.5)] + ([("sparse", walks["spatial"], 1.5)] if n == 9 else [])
+        for model, walk, slower in measured:
+            for plan in piece_plans(walk, 2, rates if model == "sparse" else {}, "sparse"):
+                ms = sum(c.total_ms for c in plan.segment_costs(hw)) * slower
+                samples.append(Sample("piece", plan.ops, ms, dict(kind=plan.kind, batch=2, rate=plan.rate,
+                                                                   dynamic=plan.dynamic, fused=plan.fused,
+                                                                   network=f"net-{n}", model=model)))
+    hw = dataclasses.replace(hw, name="moments", samples=tuple(s.to_dict() for s in samples))
+    analytic = predict_walk(walks["spatial"], hw, 2, rates, method="analytic").total_ms
+    assert predict_walk(walks["spatial"], hw, 2, rates).total_ms / analytic == pytest.approx(1.0, rel=0.1)
+    moods = network_moods(samples, np.array([s.ms for s in samples]) / 1.5)
+    assert np.allclose(moods, math.log(1.5))  # every network 1.5x slower than that prediction
 
 
 def test_block_prices_use_the_correction_and_the_drift_factor():

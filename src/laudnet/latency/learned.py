@@ -11,6 +11,13 @@ network is built of, batch and activation rate, its analytic cost and how it spl
 compute, memory and overhead, its MACs, depthwise and grouped shares, bytes moved and map
 size) to the logarithm of measured over analytic time; a prediction is the analytic cost
 times that factor. Training is seeded, so predictions are deterministic.
+
+A shared machine runs a whole network slower or faster for the seconds it is measured, and
+each kind of sparse block appears in only a few calibration networks, so the correction
+would learn those moments as properties of the block. Each network's static torchvision
+pieces, timed interleaved with its sparse ones, show its moment: the correction is fitted,
+every network's pieces are divided by how much slower its static pieces ran than that fit
+predicts (:func:`network_moods`), and it is fitted again.
 """
 
 from __future__ import annotations
@@ -80,25 +87,41 @@ def sample_features(sample: Sample, hw: Hardware) -> tuple[list[float], Cost]:
     return piece_features(sample.ops, cost, meta["kind"], meta["batch"], meta["rate"], meta.get("block_type")), cost
 
 
+def network_moods(pieces: list[Sample], predicted_ms: np.ndarray) -> np.ndarray:
+    """Per piece, the log of how much slower the static pieces of its network ran than
+    ``predicted_ms`` (one value per piece) says: the machine's moment when that network was
+    measured. 0 for a network without static pieces."""
+    networks = [s.meta.get("network") for s in pieces]
+    moods = {}
+    for network in set(networks):
+        static = [i for i, s in enumerate(pieces) if networks[i] == network and s.meta.get("model") == "static"]
+        if static:
+            moods[network] = math.log(sum(pieces[i].ms for i in static) / sum(predicted_ms[i] for i in static))
+    return np.array([moods.get(network, 0.0) for network in networks])
+
+
 class LearnedCorrection:
-    """Gradient-boosted regressor of ``log(measured / analytic)`` over measured pieces."""
+    """Gradient-boosted regressor of ``log(measured / analytic)`` over measured pieces, with
+    each calibration network's moment divided out (:func:`network_moods`)."""
 
     def __init__(self, samples: list[Sample], hw: Hardware, seed: int = 0) -> None:
+        from sklearn.base import clone
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         pieces = [s for s in samples if s.family == "piece"]
         if len(pieces) < MIN_SAMPLES:
             raise ValueError(f"the learned correction needs at least {MIN_SAMPLES} measured network pieces, "
                              f"profile {hw.name!r} has {len(pieces)}; run `laudnet latency calibrate`")
-        rows, targets, weights = [], [], []
-        for s in pieces:
-            row, cost = sample_features(s, hw)
-            rows.append(row)
-            targets.append(math.log(s.ms / max(cost.total_ms, 1e-9)))
-            weights.append(math.sqrt(s.ms))
-        model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
-                                              min_samples_leaf=5, early_stopping=False, random_state=seed)
-        self.model = model.fit(np.array(rows), np.array(targets), sample_weight=np.array(weights))
+        features = [sample_features(s, hw) for s in pieces]
+        rows = np.array([row for row, _ in features])
+        analytic = np.array([max(cost.total_ms, 1e-9) for _, cost in features])
+        targets = np.log(np.array([s.ms for s in pieces]) / analytic)
+        weights = np.sqrt([s.ms for s in pieces])
+        regressor = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
+                                                  min_samples_leaf=5, early_stopping=False, random_state=seed)
+        first = clone(regressor).fit(rows, targets, sample_weight=weights)
+        moods = network_moods(pieces, analytic * np.exp(first.predict(rows)))
+        self.model = regressor.fit(rows, targets - moods, sample_weight=weights)
 
     @classmethod
     def for_hardware(cls, hw: Hardware) -> "LearnedCorrection":
