@@ -198,7 +198,9 @@ def test_correction_divides_out_the_moment_a_network_was_measured():
     rates = {block.name: 0.5 for block in walks["spatial"].blocks}
     samples = []
     for n in range(10):
-        measured = [("static", walks["static"], 1.0 if n < 9 else 1.5)] + ([("sparse", walks["spatial"], 1.5)] if n == 9 else [])
+        measured = [("static", walks["static"], 1.0 if n < 9 else 1.5)]
+        if n == 9:
+            measured.append(("sparse", walks["spatial"], 1.5))
         for model, walk, slower in measured:
             for plan in piece_plans(walk, 2, rates if model == "sparse" else {}, "sparse"):
                 ms = sum(c.total_ms for c in plan.segment_costs(hw)) * slower
