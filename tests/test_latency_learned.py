@@ -22,6 +22,7 @@ from laudnet.latency.learned import LearnedCorrection, held_out_predictions, net
 from laudnet.latency.predictor import block_type, piece_plans, predict_walk, price_block, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
+from laudnet.measure import validate_networks as validate_networks_module
 from laudnet.measure.calibrate import calibrate
 from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
 from laudnet.measure.validate_networks import (NETWORK_ARCHS, NETWORK_BATCHES, NETWORK_PARADIGMS, NetworkConfig,
@@ -263,3 +264,14 @@ def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp
         FACTORS["static"], rel=0.15)  # mostly residual blocks, priced 0.7 times the analytic model
     paths = result.write(tmp_path)
     assert paths["png"].stat().st_size > 0 and "analytic only" in paths["md"].read_text()
+
+
+def test_network_validation_also_reports_the_predictions_not_rescaled_for_drift(monkeypatch):
+    monkeypatch.setattr(validate_networks_module, "rescale_for_drift", lambda hw: (hw.scaled(2.0), "2.00x slower"))
+    result = validate_networks(1, seed=3, hardware=_synthetic_profile(), repeats=2, archs=("resnet18",),
+                               input_sizes=(64,), progress=False)
+    row = result.rows[0]
+    assert row["predicted_sparse_ms"] == pytest.approx(2 * row["unscaled_sparse_ms"])
+    assert row["predicted_speedup"] == pytest.approx(row["unscaled_speedup"])
+    assert {"sparse latency, learned, not rescaled", "static latency, learned, not rescaled"} < set(result.metrics)
+    assert "speedup, learned, not rescaled" not in result.metrics and result.drift == "2.00x slower"

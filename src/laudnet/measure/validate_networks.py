@@ -237,9 +237,9 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
     configs = sample_networks(n, seed, archs, input_sizes)
     if threads is not None:
         torch.set_num_threads(checks.positive_int("threads", threads))
-    hw = cpu_profile(hardware)
+    calibrated = cpu_profile(hardware)
     stable_allocator()  # as calibration ran
-    hw, drift = rescale_for_drift(hw)
+    hw, drift = rescale_for_drift(calibrated)
     learned = LearnedCorrection.available(hw)
     rows = []
     for config in tqdm(configs, desc="validating networks", disable=not progress, unit="network"):
@@ -251,10 +251,16 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
                    **{f"predicted_{k}": v for k, v in predicted.items()})
         if learned:  # the analytic prior alone, for comparison
             row.update({f"analytic_{k}": v for k, v in predict_network(config, hw, realized, "analytic").items()})
+        if hw is not calibrated:  # rescaled for drift: the calibrated profile's own predictions too
+            row.update({f"unscaled_{k}": v for k, v in predict_network(config, calibrated, realized).items()})
         rows.append(row)
-    metrics = _accuracies(rows, "predicted", "learned" if learned else "analytic")
+    method = "learned" if learned else "analytic"
+    metrics = _accuracies(rows, "predicted", method)
     if learned:
         metrics.update(_accuracies(rows, "analytic", "analytic only"))
+    if hw is not calibrated:  # a drift reading can be wrong: show what it changed (speedups are not scaled)
+        metrics.update({name: value for name, value in _accuracies(rows, "unscaled", f"{method}, not rescaled").items()
+                        if not name.startswith("speedup")})
     if remeasure:
         for config, row in zip(tqdm(configs, desc="measuring again", disable=not progress, unit="network"), rows):
             again = measure_network(config, repeats)
