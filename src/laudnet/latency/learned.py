@@ -91,13 +91,14 @@ def network_moods(pieces: list[Sample], predicted_ms: np.ndarray) -> np.ndarray:
     """Per piece, the log of how much slower the static pieces of its network ran than
     ``predicted_ms`` (one value per piece) says: the machine's moment when that network was
     measured. 0 for a network without static pieces."""
-    networks = [s.meta.get("network") for s in pieces]
-    moods = {}
-    for network in set(networks):
-        static = [i for i, s in enumerate(pieces) if networks[i] == network and s.meta.get("model") == "static"]
-        if static:
-            moods[network] = math.log(sum(pieces[i].ms for i in static) / sum(predicted_ms[i] for i in static))
-    return np.array([moods.get(network, 0.0) for network in networks])
+    totals: dict[str, list[float]] = {}
+    for s, predicted in zip(pieces, predicted_ms):
+        if s.meta.get("model") == "static":
+            measured_and_predicted = totals.setdefault(s.meta.get("network"), [0.0, 0.0])
+            measured_and_predicted[0] += s.ms
+            measured_and_predicted[1] += float(predicted)
+    moods = {network: math.log(measured / predicted) for network, (measured, predicted) in totals.items()}
+    return np.array([moods.get(s.meta.get("network"), 0.0) for s in pieces])
 
 
 class LearnedCorrection:
@@ -115,8 +116,8 @@ class LearnedCorrection:
         features = [sample_features(s, hw) for s in pieces]
         rows = np.array([row for row, _ in features])
         analytic = np.array([max(cost.total_ms, 1e-9) for _, cost in features])
-        targets = np.log(np.array([s.ms for s in pieces]) / analytic)
-        weights = np.sqrt([s.ms for s in pieces])
+        measured = np.array([s.ms for s in pieces])
+        targets, weights = np.log(measured / analytic), np.sqrt(measured)
         regressor = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
                                                   min_samples_leaf=5, early_stopping=False, random_state=seed)
         first = clone(regressor).fit(rows, targets, sample_weight=weights)
