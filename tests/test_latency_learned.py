@@ -24,7 +24,7 @@ from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure import validate_networks as validate_networks_module
 from laudnet.measure.calibrate import calibrate
-from laudnet.measure.pieces import _durations, calibration_networks, measure_pieces, piece_timer
+from laudnet.measure.pieces import CALIBRATION_SIZES, _durations, calibration_networks, measure_pieces, piece_timer
 from laudnet.measure.validate_networks import (NETWORK_ARCHS, NETWORK_BATCHES, NETWORK_PARADIGMS, NetworkConfig,
                                               validate_networks)
 
@@ -115,12 +115,15 @@ def test_measure_pieces_gives_one_sample_per_piece_at_the_realized_rates():
 def test_calibration_networks_are_seeded_and_cover_other_sizes():
     configs = calibration_networks(6, seed=0)
     assert configs == calibration_networks(6, seed=0)
-    balanced = calibration_networks(105, seed=1)  # architectures, paradigms and batches in turn
+    balanced = calibration_networks(105, seed=1)  # architectures, paradigms, batches and sizes in turn
     assert {c.input_size for c in balanced} - {128, 160, 192, 224}  # sizes the validation never uses
     assert [c.arch for c in balanced[:14]] == list(NETWORK_ARCHS) * 2
     assert [c.batch for c in balanced[:6]] == list(NETWORK_BATCHES) * 2
+    assert [c.input_size for c in balanced[:10]] == list(CALIBRATION_SIZES) * 2
     triples = {(c.arch, c.paradigm, c.batch) for c in balanced}  # every one once
     assert len(triples) == len(NETWORK_ARCHS) * len(NETWORK_PARADIGMS) * len(NETWORK_BATCHES)
+    sizes = {(c.arch, c.batch, c.input_size) for c in balanced}  # every architecture at every batch and size
+    assert len(sizes) == len(NETWORK_ARCHS) * len(NETWORK_BATCHES) * len(CALIBRATION_SIZES)
 
 
 def test_set_decisions_takes_one_rate_per_block():
@@ -249,6 +252,7 @@ def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch)
     assert kinds == ["layers", "packed layers", "spatial", "static"]
     assert report["piece"]["n"] == 20 and "network, learned" not in report  # 10 sparse, 10 static
     assert "20 pieces of 1 network;" in loaded.sources[0]
+    assert len(loaded.reference_ms) == 2 and min(loaded.reference_ms) > 0  # after the network and at the end
     assert LearnedCorrection.available(loaded)
     with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
         calibrate(tmp_path / "other.json", networks=-1)

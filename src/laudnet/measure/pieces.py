@@ -20,7 +20,7 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from ..latency.predictor import NetworkWalk, piece_plans, walk_network
 from ..latency.samples import Sample
 from .validate_networks import NETWORK_ARCHS, NetworkConfig, build_networks, sample_networks
 
-CALIBRATION_SIZES = (96, 128, 160, 192, 224, 256)
+CALIBRATION_SIZES = (96, 128, 160, 192, 224)
+"""Five sizes: with the balanced draw, every architecture at every batch meets each of them."""
 RATE_RANGE = (0.05, 1.0)
 """Each block of a calibration network gets its own rate, uniform in this range."""
 
@@ -94,8 +95,8 @@ def _durations(pieces, marks: list[float]) -> list[float]:
 
 def calibration_networks(n: int, seed: int = 0) -> list[NetworkConfig]:
     """``n`` networks to calibrate on, drawn with a seeded generator like the validation
-    networks but over more input sizes, every architecture, paradigm and batch in turn
-    (drawn at random, 40 networks had left RegNetY-800MF with 2, and channel-skipping
+    networks but over more input sizes, every architecture, paradigm, batch and input size
+    in turn (drawn at random, 40 networks had left RegNetY-800MF with 2, and channel-skipping
     bottlenecks without batch 4, and those were mispredicted); their ``rate`` is unused
     (each block draws its own, :func:`measure_pieces`)."""
     return sample_networks(n, seed + 7919, NETWORK_ARCHS, CALIBRATION_SIZES, balanced=True)
@@ -146,10 +147,12 @@ def measure_pieces(config: NetworkConfig, repeats: int = 5, seed: int = 0) -> li
 
 
 def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = True,
-                     time_limit_s: float | None = None) -> list[Sample]:
+                     time_limit_s: float | None = None,
+                     after_each: Callable[[], object] | None = None) -> list[Sample]:
     """The pieces of ``n`` calibration networks (:func:`calibration_networks`), or of as
     many as ``time_limit_s`` seconds allow (the first network's kernel choices on a new
-    machine take longest; they are cached, :mod:`laudnet.sparse.tuning`)."""
+    machine take longest; they are cached, :mod:`laudnet.sparse.tuning`); ``after_each``
+    is called after every network (calibration reads the drift reference there)."""
     samples: list[Sample] = []
     started = time.perf_counter()
     configs = calibration_networks(n, seed)
@@ -160,6 +163,8 @@ def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = T
                           f"time limit of {time_limit_s:.0f} s reached")
                 break
             samples += measure_pieces(config, repeats, seed * 1000 + index)
+            if after_each is not None:
+                after_each()
     return samples
 
 
