@@ -381,23 +381,39 @@ def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
     assert rescale_for_drift(load_hardware("v100")) == (load_hardware("v100"), None)  # no machine to drift
     unchanged, message = rescale_for_drift(local)
     assert unchanged is local and "has no drift reference" in message
-    other_threads = dataclasses.replace(local, reference_ms=1.0, model={**local.model, "threads": 99})
+    other_threads = dataclasses.replace(local, reference_ms=(1.0,), model={**local.model, "threads": 99})
     assert "calibrated with 99 threads" in rescale_for_drift(other_threads)[1]
-    drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=reference_ms() / 3))
+    drifted, message = rescale_for_drift(dataclasses.replace(local, reference_ms=(reference_ms() / 3,)))
     assert message.startswith("this machine runs the drift reference") and "slower than when profile 'local'" in message
     assert drifted.time_scale > 2 and f"scaled by {drifted.time_scale:.2f}" in message
     assert laudnet.predict_latency(model, drifted, batch_size=1).total_ms == pytest.approx(
         drifted.time_scale * base.total_ms)
-    assert Drift("local", 10.0, 15.0).factor == 1.5 and "1.50x slower" in Drift("local", 10.0, 15.0).describe()
-    assert "2.00x faster" in Drift("local", 10.0, 5.0).describe()
-    assert not Drift("local", 10.0, 10.5).significant and "not rescaled" in Drift("local", 10.0, 10.5).describe()
-    timed = dataclasses.replace(local, reference_ms=2.0)
+    assert Drift("local", (10.0,), 15.0).factor == 1.5 and "1.50x slower" in Drift("local", (10.0,), 15.0).describe()
+    assert "2.00x faster" in Drift("local", (10.0,), 5.0).describe()
+    assert not Drift("local", (10.0,), 10.5).significant and "not rescaled" in Drift("local", (10.0,), 10.5).describe()
+    timed = dataclasses.replace(local, reference_ms=(2.0,))
     assert rescale_for_drift(timed, measure=lambda: 5.0)[0].time_scale == pytest.approx(2.5)  # a measurement given
     assert shared_reference(Context())() > 0  # one process: rank 0 times it
 
 
+def test_drift_is_acted_on_only_outside_the_range_the_reference_ran_in_during_calibration():
+    moments = (2.6, 2.8, 3.0, 3.0, 3.1, 3.4, 3.9, 4.6, 5.0)  # a shared machine's readings, minutes apart
+    inside = Drift("local", moments, 5.2)
+    assert inside.factor == pytest.approx(5.2 / 3.1) and not inside.significant  # 1.68x, a moment seen before
+    assert "within" in inside.describe() and "the median of 9 calibration readings" in inside.describe()
+    outside = Drift("local", moments, 7.0)
+    assert outside.significant and "scaled by 2.26" in outside.describe()
+    assert Drift("local", moments, 2.0).significant  # faster than any moment of the calibration
+    local = dataclasses.replace(load_hardware("x86_avx2"), name="local", calibrated=True, reference_ms=moments,
+                                model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
+    assert rescale_for_drift(local, measure=lambda: 4.5)[0] is local
+    assert rescale_for_drift(local, measure=lambda: 9.3)[0].time_scale == pytest.approx(3.0)
+
+
 def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):
     data = load_hardware("x86_avx2").to_dict()
-    data.update(name="mine", calibrated=True, reference_ms=3.25)
-    assert save_hardware(data, tmp_path / "mine.json").reference_ms == 3.25
-    assert load_hardware(tmp_path / "mine.json").to_dict()["reference_ms"] == 3.25
+    data.update(name="mine", calibrated=True, reference_ms=[3.25, 2.5])
+    assert save_hardware(data, tmp_path / "mine.json").reference_ms == (3.25, 2.5)
+    assert load_hardware(tmp_path / "mine.json").to_dict()["reference_ms"] == [3.25, 2.5]
+    data.update(name="older", reference_ms=3.25)  # profiles before 2026-12-03 stored one reading
+    assert save_hardware(data, tmp_path / "older.json").reference_ms == (3.25,)

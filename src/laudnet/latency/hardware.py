@@ -63,8 +63,8 @@ class Hardware:
     path: Path | None = None
     samples: tuple[dict, ...] = ()
     """Calibration measurements (``local`` profiles); their network pieces train the learned correction."""
-    reference_ms: float | None = None
-    """Time of the drift reference workload at calibration (:mod:`laudnet.measure.drift`)."""
+    reference_ms: tuple[float, ...] = ()
+    """Times of the drift reference workload read during calibration (:mod:`laudnet.measure.drift`)."""
     time_scale: float = 1.0
     """Factor on every predicted time: how much slower this machine runs than when the
     profile was calibrated (:meth:`scaled`)."""
@@ -88,8 +88,8 @@ class Hardware:
         data["caches"] = [c.__dict__ for c in self.caches]
         data["sources"] = list(self.sources)
         data.update(calibrated=self.calibrated, tensor_tflops=self.tensor_tflops, notes=self.notes)
-        if self.reference_ms is not None:
-            data["reference_ms"] = self.reference_ms
+        if self.reference_ms:
+            data["reference_ms"] = list(self.reference_ms)
         return data
 
     def describe(self) -> str:
@@ -114,6 +114,13 @@ class Hardware:
         return "\n".join(lines)
 
 
+def _readings(value: float | list[float] | None) -> tuple[float, ...]:
+    """The drift reference readings of a profile (older profiles stored one reading)."""
+    if value is None:
+        return ()
+    return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)
+
+
 def _parse(data: dict[str, Any], origin: str, path: Path | None = None) -> Hardware:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
@@ -132,7 +139,7 @@ def _parse(data: dict[str, Any], origin: str, path: Path | None = None) -> Hardw
                     launch_us=float(data["launch_us"]), model=dict(data["model"]), sources=tuple(data["sources"]),
                     calibrated=bool(data.get("calibrated", False)), tensor_tflops=dict(data.get("tensor_tflops", {})),
                     notes=data.get("notes", ""), path=path, samples=tuple(data.get("samples", ())),
-                    reference_ms=data.get("reference_ms"))
+                    reference_ms=_readings(data.get("reference_ms")))
 
 
 def _profile_files() -> dict[str, Path]:

@@ -250,7 +250,8 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
     """Measure this CPU, fit the profile, write it (default: ``local.json`` in the user
     profile directory) and return it with the fit report. The micro-benchmarks fit the
     analytic model; then up to ``networks`` whole networks (at most ``network_seconds``)
-    are timed piece by piece for the learned correction (:mod:`laudnet.measure.pieces`)."""
+    are timed piece by piece for the learned correction (:mod:`laudnet.measure.pieces`), the
+    drift reference read after each of them and once more at the end (:mod:`.drift`)."""
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if networks < 0:
@@ -268,8 +269,10 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
     samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
     hw = fit(samples, starting_profile(threads))
     kernels = len(samples)
+    readings: list[float] = []  # the drift reference, read after every network: the machine's moments
     if networks:
-        samples += measure_networks(networks, max(3, repeats - 2), seed, progress, network_seconds)
+        samples += measure_networks(networks, max(3, repeats - 2), seed, progress, network_seconds,
+                                    after_each=lambda: readings.append(reference_ms()))
     report = fit_report(samples, hw)
     pieces = len(samples) - kernels
     measured = len({s.meta["network"] for s in samples[kernels:]})
@@ -285,5 +288,5 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
                      f"clock as reported; the fitted efficiencies absorb their errors. Fit RMS errors: "
                      + ", ".join(f"{k} {v['rmspe']:.1%}" for k, v in report.items()))
     data["samples"] = [s.to_dict() for s in samples]
-    data["reference_ms"] = reference_ms()
+    data["reference_ms"] = readings + [reference_ms()]
     return save_hardware(data, path), report
