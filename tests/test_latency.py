@@ -22,6 +22,7 @@ from laudnet.latency.predictor import predict_walk, walk_network
 from laudnet.latency.samples import Sample
 from laudnet.measure import calibrate as cal, microbenchmarks, timing
 from laudnet.distributed import Context
+from laudnet.measure import drift
 from laudnet.measure.drift import Drift, reference_ms, rescale_for_drift
 from laudnet.train.loop import shared_reference
 from laudnet.measure.timing import stable_allocator
@@ -396,7 +397,7 @@ def test_a_drifted_machine_scales_every_prediction_by_the_factor_reported():
     assert shared_reference(Context())() > 0  # one process: rank 0 times it
 
 
-def test_drift_is_acted_on_only_outside_the_range_the_reference_ran_in_during_calibration():
+def test_drift_is_acted_on_only_outside_the_range_the_reference_ran_in_during_calibration(monkeypatch):
     moments = (2.6, 2.8, 3.0, 3.0, 3.1, 3.4, 3.9, 4.6, 5.0)  # a shared machine's readings, minutes apart
     inside = Drift("local", moments, 5.2)
     assert inside.factor == pytest.approx(5.2 / 3.1) and not inside.significant  # 1.68x, a moment seen before
@@ -408,6 +409,9 @@ def test_drift_is_acted_on_only_outside_the_range_the_reference_ran_in_during_ca
                                 model={**load_hardware("x86_avx2").model, "threads": torch.get_num_threads()})
     assert rescale_for_drift(local, measure=lambda: 4.5)[0] is local
     assert rescale_for_drift(local, measure=lambda: 9.3)[0].time_scale == pytest.approx(3.0)
+    readings = iter([9.0, 3.0, 3.1, 20.0, 2.9])  # one reading jumps; the check takes the median of five
+    monkeypatch.setattr(drift, "reference_ms", lambda: next(readings))
+    assert rescale_for_drift(local) == (local, Drift("local", moments, 3.1).describe())
 
 
 def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):

@@ -9,12 +9,13 @@ scaled by its ratio to the calibration's median, with a :class:`Drift` saying wh
 found. Callers report it (``laudnet predict``, a latency-budget training run): a rescaling
 is never silent.
 
-A shared machine also moves from moment to moment: on a 2-core VM the reference read
-anywhere in 2.6-5.0 ms within minutes while the networks measured around it kept their
-pace, so one reading checked against one calibration reading (and a fixed ±10 %) found
-the machine 1.14-1.66x slower in 8 of 8 checks that acted, none of them true. The range of
-the calibration's own readings is what this machine's moments look like: a reading inside
-it says nothing about drift.
+A shared machine also moves from moment to moment: on a 2-core VM one reading moved
+between 3.2 and 6.2 ms within 2.5 s, and between 2.5 and 5.3 ms over minutes while the
+networks measured around it kept their pace, so one reading checked against one
+calibration reading (and a fixed ±10 %) found the machine 1.14-1.66x slower in 8 of 8
+checks that acted, none of them true. The range of the calibration's own readings is what
+this machine's moments look like: the check's reading, the median of several, inside it
+says nothing about drift.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from .timing import time_call
 REFERENCE_REPEATS = 7
 """Rounds of one reading, the same at calibration and at the check so that the calibration's
 readings show the spread of exactly the reading the check takes."""
+CHECK_READINGS = 5
+"""Readings the check takes back to back (about 1 s); their median is compared."""
 DEAD_BAND = 0.10
 """Margin around the calibration's readings (their 5th to 95th percentile) within which
 drift is not acted on; with one calibration reading, ±10 % around it."""
@@ -50,6 +53,13 @@ def reference_ms(repeats: int = REFERENCE_REPEATS) -> float:
         gemm = time_call(lambda: torch.mm(rows, weights, out=product), repeats, min_ms=10.0)
         add = time_call(lambda: torch.add(a, b, out=total), repeats, min_ms=10.0)
     return gemm + add
+
+
+def current_reference_ms(readings: int = CHECK_READINGS) -> float:
+    """The reference's time now: the median of ``readings`` readings back to back, steadier
+    than one (each of which the calibration's range was measured with, so that the median
+    leaves that range only when the machine has really changed pace)."""
+    return float(np.median([reference_ms() for _ in range(readings)]))
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,8 @@ class Drift:
         return f"{found}; within {low:.2f}-{high:.2f} ms, the range it ran in then): not rescaled"
 
 
-def rescale_for_drift(hw: Hardware, measure: Callable[[], float] = reference_ms) -> tuple[Hardware, str | None]:
+def rescale_for_drift(hw: Hardware,
+                      measure: Callable[[], float] = current_reference_ms) -> tuple[Hardware, str | None]:
     """``hw`` scaled to this machine's speed now, and a line saying what was found: the drift
     factor, or why no check was possible (a profile without a reference time, a process with
     another thread count than the profile's). Profiles not measured on this machine (GPUs,

@@ -37,7 +37,7 @@ from ..distributed import Context, all_reduce_sum, barrier, wrap
 from ..dynamic import gate_parameters, set_execution, stats
 from ..errors import NonFiniteError
 from ..gates import SCHEDULES, set_temperature, temperature_schedule
-from ..measure.drift import reference_ms
+from ..measure.drift import current_reference_ms
 from ..models.weights import backbone_state_dict, load_backbone
 from ..outputs import check_directory, claim
 from ..progress import progress_bar
@@ -165,11 +165,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def shared_reference(context: Context) -> Callable[[], float]:
-    """The drift reference (:func:`laudnet.measure.drift.reference_ms`) timed on rank 0 only
-    and shared with the other ranks, so that every rank rescales the latency profile alike
-    and the ranks' timings do not disturb each other."""
+    """The drift reference (:func:`laudnet.measure.drift.current_reference_ms`) timed on rank
+    0 only and shared with the other ranks, so that every rank rescales the latency profile
+    alike and the ranks' timings do not disturb each other."""
     def measure() -> float:
-        value = reference_ms() if context.is_main else 0.0
+        value = current_reference_ms() if context.is_main else 0.0
         shared = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=context.device), context)
         return float(shared[0])
 

@@ -13,7 +13,7 @@ from .. import checks
 from ..dynamic import dynamic_blocks, network_macs
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.table import latency_table
-from ..measure.drift import reference_ms, rescale_for_drift
+from ..measure.drift import current_reference_ms, rescale_for_drift
 
 logger = logging.getLogger("laudnet")
 
@@ -78,7 +78,7 @@ def check_budget(target: float = 0.5, budget_ms: float | None = None, hardware: 
 
 
 def budget_loss(target: float = 0.5, budget_ms: float | None = None, hardware: str | None = None,
-                batch_size: int = 1, measure: Callable[[], float] = reference_ms,
+                batch_size: int = 1, measure: Callable[[], float] = current_reference_ms,
                 report: bool = True, max_rate: float = 1.0) -> Callable[[nn.Module, float], Tensor]:
     """The compute budget a training loop adds to its loss, as ``loss(model, progress)``:
     :func:`flops_budget_loss` at the FLOPs ratio ``target``, or with ``budget_ms``,
