@@ -124,6 +124,9 @@ def test_calibration_networks_are_seeded_and_cover_other_sizes():
     assert len(triples) == len(NETWORK_ARCHS) * len(NETWORK_PARADIGMS) * len(NETWORK_BATCHES)
     sizes = {(c.arch, c.batch, c.input_size) for c in balanced}  # every architecture at every batch and size
     assert len(sizes) == len(NETWORK_ARCHS) * len(NETWORK_BATCHES) * len(CALIBRATION_SIZES)
+    longer = calibration_networks(140, seed=1)
+    assert longer[:105] == balanced
+    assert len({(c.arch, c.paradigm, c.batch, c.input_size) for c in longer}) == 140  # the second round differs
 
 
 def test_set_decisions_takes_one_rate_per_block():

@@ -89,9 +89,10 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
     ``balanced``, the architectures, the paradigms and the batches take turns (every triple
     once in 105 networks) instead of being drawn, so that none is left with one or two
     networks or one batch, and so do the input sizes, one step further every time the
-    architectures and batches have all met: with five sizes, every architecture meets every
-    size at every batch in 105 networks (drawn, ResNet-18/34 at batch 1 had missed 224 px,
-    whose 7×7 last stage runs slower per operation than its neighbours, and were mispredicted)."""
+    architectures and batches have all met and once more every 105 networks: with five sizes,
+    every architecture meets every size at every batch in 105 networks, and a network after
+    the 105th repeats no earlier one (drawn, ResNet-18/34 at batch 1 had missed 224 px, whose
+    7×7 last stage runs slower per operation than its neighbours, and were mispredicted)."""
     if n < 1:
         raise ValueError(f"the number of networks must be positive, got {n}")
     rng = np.random.default_rng(seed)
@@ -102,7 +103,8 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
         choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
                    CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
         arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
-        turn = len(configs) + len(configs) // (len(archs) * len(NETWORK_BATCHES))
+        met = len(archs) * len(NETWORK_BATCHES)  # networks until every architecture has met every batch
+        turn = len(configs) + len(configs) // met + len(configs) // (met * len(NETWORK_PARADIGMS))
         size = input_sizes[turn % len(input_sizes)] if balanced else int(rng.choice(input_sizes))
         batch = (NETWORK_BATCHES[len(configs) % len(NETWORK_BATCHES)] if balanced
                  else int(rng.choice(NETWORK_BATCHES)))
