@@ -419,5 +419,5 @@ def test_a_profile_keeps_its_drift_reference_through_save_and_load(tmp_path):
     data.update(name="mine", calibrated=True, reference_ms=[3.25, 2.5])
     assert save_hardware(data, tmp_path / "mine.json").reference_ms == (3.25, 2.5)
     assert load_hardware(tmp_path / "mine.json").to_dict()["reference_ms"] == [3.25, 2.5]
-    data.update(name="older", reference_ms=3.25)  # profiles before 2026-12-03 stored one reading
+    data.update(name="older", reference_ms=3.25)  # profiles of an earlier laudnet stored one reading
     assert save_hardware(data, tmp_path / "older.json").reference_ms == (3.25,)
