@@ -5,6 +5,7 @@ structure of real timings (never their values)."""
 
 import dataclasses
 import functools
+import json
 import math
 import random
 import time
@@ -26,7 +27,7 @@ from laudnet.measure import validate_networks as validate_networks_module
 from laudnet.measure.calibrate import calibrate
 from laudnet.measure.pieces import CALIBRATION_SIZES, _durations, calibration_networks, measure_pieces, piece_timer
 from laudnet.measure.validate_networks import (NETWORK_ARCHS, NETWORK_BATCHES, NETWORK_PARADIGMS, NetworkConfig,
-                                              validate_networks)
+                                              predict_network, validate_networks)
 
 FACTORS = {"packed layers": 1.3, "layers": 0.8, "static": 0.7, "spatial": 1.6, "channel": 2.0}
 """Measured / analytic time of each kind of piece in the synthetic calibrations."""
@@ -271,6 +272,10 @@ def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp
         FACTORS["static"], rel=0.15)  # mostly residual blocks, priced 0.7 times the analytic model
     paths = result.write(tmp_path)
     assert paths["png"].stat().st_size > 0 and "analytic only" in paths["md"].read_text()
+    stored = json.loads(paths["json"].read_text())["rows"][0]  # predicted again from what was stored
+    config = NetworkConfig(*(stored[k] for k in ("arch", "input_size", "batch", "paradigm", "granularity", "rate")))
+    again = predict_network(config, _synthetic_profile(), stored["realized_rates"])
+    assert again["sparse_ms"] == pytest.approx(row["predicted_sparse_ms"]) and len(stored["realized_rates"]) == 8
 
 
 def test_network_validation_also_reports_the_predictions_not_rescaled_for_drift(monkeypatch):

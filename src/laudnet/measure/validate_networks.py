@@ -253,6 +253,7 @@ def validate_networks(n: int = 20, seed: int = 1, hardware: str | Hardware = "lo
         realized = measured.pop("rates")
         predicted = predict_network(config, hw, realized)
         row = dict(asdict(config), label=config.label, realized_rate=float(np.mean(list(realized.values()))),
+                   realized_rates=realized,  # so that a stored validation can be predicted again by another profile
                    **{f"measured_{k}": v for k, v in measured.items()},
                    **{f"predicted_{k}": v for k, v in predicted.items()})
         if learned:  # the analytic prior alone, for comparison
