@@ -97,13 +97,13 @@ def sample_networks(n: int, seed: int = 0, archs: tuple[str, ...] = NETWORK_ARCH
         raise ValueError(f"the number of networks must be positive, got {n}")
     rng = np.random.default_rng(seed)
     configs: list[NetworkConfig] = []
+    met = len(archs) * len(NETWORK_BATCHES)  # networks until every architecture has met every batch
     while len(configs) < n:
         paradigm = (NETWORK_PARADIGMS[len(configs) % len(NETWORK_PARADIGMS)] if balanced
                     else NETWORK_PARADIGMS[int(rng.integers(len(NETWORK_PARADIGMS)))])
         choices = (SPATIAL_GRANULARITIES if paradigm.endswith("spatial") else
                    CHANNEL_GRANULARITIES if paradigm.endswith("channel") else (None,))
         arch = archs[len(configs) % len(archs)] if balanced else archs[int(rng.integers(len(archs)))]
-        met = len(archs) * len(NETWORK_BATCHES)  # networks until every architecture has met every batch
         turn = len(configs) + len(configs) // met + len(configs) // (met * len(NETWORK_PARADIGMS))
         size = input_sizes[turn % len(input_sizes)] if balanced else int(rng.choice(input_sizes))
         batch = (NETWORK_BATCHES[len(configs) % len(NETWORK_BATCHES)] if balanced
