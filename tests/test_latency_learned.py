@@ -24,7 +24,7 @@ from laudnet.latency.predictor import block_type, piece_plans, predict_walk, pri
 from laudnet.latency.samples import Sample
 from laudnet.measure import pieces
 from laudnet.measure import validate_networks as validate_networks_module
-from laudnet.measure.calibrate import calibrate
+from laudnet.measure.calibrate import calibrate, extend_calibration
 from laudnet.measure.pieces import CALIBRATION_SIZES, _durations, calibration_networks, measure_pieces, piece_timer
 from laudnet.measure.validate_networks import (NETWORK_ARCHS, NETWORK_BATCHES, NETWORK_PARADIGMS, NetworkConfig,
                                               predict_network, validate_networks)
@@ -260,6 +260,31 @@ def test_calibration_writes_a_profile_with_network_pieces(tmp_path, monkeypatch)
     assert LearnedCorrection.available(loaded)
     with pytest.raises(ValueError, match="number of calibration networks must be 0 or more, got -1"):
         calibrate(tmp_path / "other.json", networks=-1)
+
+
+def test_an_extended_calibration_adds_the_next_networks_and_keeps_the_fit(tmp_path, monkeypatch, capsys):
+    tiny = [NetworkConfig("resnet18", 64, 1, "spatial", None, 0.5), NetworkConfig("resnet18", 64, 2, "layer", None, 0.5)]
+    drawn = []
+    monkeypatch.setattr(pieces, "calibration_networks", lambda n, seed: drawn.append(n) or tiny[:n])
+    calibrate(tmp_path / "mine.json", threads=1, scale=0.01, repeats=1, progress=False, networks=1)
+    first = load_hardware(str(tmp_path / "mine.json"))
+    assert main(["latency", "calibrate", "--extend", str(tmp_path / "mine.json"), "--networks", "1",
+                 "--out", str(tmp_path / "more.json")]) == 0
+    more = load_hardware(str(tmp_path / "more.json"))
+    assert drawn == [1, 2]  # the second network of the same draw, not the first again
+    assert more.samples[:len(first.samples)] == first.samples and more.model == first.model
+    networks = [s["meta"]["network"] for s in more.samples[len(first.samples):]]
+    assert set(networks) == {tiny[1].label} and len(more.reference_ms) == len(first.reference_ms) + 2
+    assert more.sources[0] == first.sources[0] and "of 1 more network, 2 in all" in more.sources[-1]
+    assert "wrote profile 'more'" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="calibrated with 1 threads, got threads=2"):
+        extend_calibration(tmp_path / "mine.json", threads=2)
+    with pytest.raises(ValueError, match="holds no calibration of this machine"):
+        extend_calibration("x86_avx2")
+    save_hardware({**json.loads((tmp_path / "mine.json").read_text()), "title": "another CPU, 1 thread"},
+                  tmp_path / "other.json")
+    assert main(["latency", "calibrate", "--extend", str(tmp_path / "other.json")]) != 0
+    assert "was calibrated on 'another CPU, 1 thread'; this machine is" in capsys.readouterr().err
 
 
 def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp_path):

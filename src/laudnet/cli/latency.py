@@ -19,7 +19,7 @@ import torchvision
 
 from ..latency.hardware import list_hardware, load_hardware
 from ..latency.predictor import METHODS, predict_latency
-from ..measure.calibrate import NETWORK_SECONDS, NETWORKS, calibrate
+from ..measure.calibrate import NETWORK_SECONDS, NETWORKS, calibrate, extend_calibration
 from ..measure.drift import rescale_for_drift
 from ..measure.validate import validate
 from ..measure.validate_networks import NETWORK_REPEATS, validate_networks
@@ -62,7 +62,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     calibrate_parser = latency_commands.add_parser("calibrate", help="measure this CPU and write the `local` profile")
     calibrate_parser.add_argument("--out", type=Path, default=None,
                                   help="profile path (default: local.json in the user profile directory)")
-    calibrate_parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS)
+    calibrate_parser.add_argument("--threads", type=positive_int, default=None,
+                                  help=f"default: {DEFAULT_THREADS}, with --extend those of the profile")
     calibrate_parser.add_argument("--scale", type=float, default=1.0,
                                   help="multiplies the number of micro-benchmarks")
     calibrate_parser.add_argument("--repeats", type=positive_int, default=7)
@@ -74,6 +75,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     calibrate_parser.add_argument("--quick", action="store_true",
                                   help="about 2 minutes: a third of the micro-benchmarks, networks for 50 s")
     calibrate_parser.add_argument("--report-dir", type=Path, default=None, help="also write the fit report there")
+    calibrate_parser.add_argument("--extend", default=None, metavar="PROFILE",
+                                  help="time more networks into a calibrated profile of this machine (name or "
+                                       "path; the next networks of the same draw, its micro-benchmark fit kept), "
+                                       "written back to it or to --out: more calibration time, better predictions")
     calibrate_parser.set_defaults(run=calibrate_command)
     validate_parser = latency_commands.add_parser("validate", help="compare predictions with measured held-out blocks")
     validate_parser.add_argument("--n", type=positive_int, default=60, help="number of block configurations")
@@ -145,8 +150,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if args.report_dir is not None:
         check_directory(args.report_dir, "--report-dir")
     scale, seconds = (args.scale / 3, 50.0) if args.quick else (args.scale, NETWORK_SECONDS)
-    hw, report = calibrate(args.out, args.threads, scale, args.repeats, args.seed, statistic=args.statistic,
-                           networks=args.networks, network_seconds=seconds)
+    if args.extend is not None:
+        hw, report = extend_calibration(args.extend, args.out, args.networks, seconds, seed=args.seed,
+                                        threads=args.threads)
+    else:
+        hw, report = calibrate(args.out, args.threads or DEFAULT_THREADS, scale, args.repeats, args.seed,
+                               statistic=args.statistic, networks=args.networks, network_seconds=seconds)
     lines = [f"wrote profile {hw.name!r} to {hw.path}", "fit on the calibration measurements:"]
     lines += [f"  {family:<15} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
               f"{r['within_10']:.0%}" for family, r in report.items()]

@@ -148,21 +148,22 @@ def measure_pieces(config: NetworkConfig, repeats: int = 5, seed: int = 0) -> li
 
 def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = True,
                      time_limit_s: float | None = None,
-                     after_each: Callable[[], object] | None = None) -> list[Sample]:
-    """The pieces of ``n`` calibration networks (:func:`calibration_networks`), or of as
+                     after_each: Callable[[], object] | None = None, start: int = 0) -> list[Sample]:
+    """The pieces of ``n`` calibration networks (:func:`calibration_networks`) from the
+    ``start``-th on (an extended calibration goes on where the first stopped), or of as
     many as ``time_limit_s`` seconds allow (the first network's kernel choices on a new
     machine take longest; they are cached, :mod:`laudnet.sparse.tuning`); ``after_each``
     is called after every network (calibration reads the drift reference there)."""
     samples: list[Sample] = []
     started = time.perf_counter()
-    configs = calibration_networks(n, seed)
+    configs = calibration_networks(start + n, seed)[start:]
     with tqdm(configs, desc="calibrating on networks", disable=not progress, unit="network") as bar:
         for index, config in enumerate(bar):
             if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
                 bar.write(f"calibration on networks stopped after {index} of {len(configs)} networks: "
                           f"time limit of {time_limit_s:.0f} s reached")
                 break
-            samples += measure_pieces(config, repeats, seed * 1000 + index)
+            samples += measure_pieces(config, repeats, seed * 1000 + start + index)
             if after_each is not None:
                 after_each()
     return samples
