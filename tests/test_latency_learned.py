@@ -285,6 +285,8 @@ def test_an_extended_calibration_adds_the_next_networks_and_keeps_the_fit(tmp_pa
                   tmp_path / "other.json")
     assert main(["latency", "calibrate", "--extend", str(tmp_path / "other.json")]) != 0
     assert "was calibrated on 'another CPU, 1 thread'; this machine is" in capsys.readouterr().err
+    assert main(["latency", "calibrate", "--extend", str(tmp_path / "mine.json"), "--repeats", "3"]) != 0
+    assert "--repeats set the micro-benchmarks, which --extend keeps from the profile" in capsys.readouterr().err
 
 
 def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp_path):

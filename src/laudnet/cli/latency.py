@@ -64,10 +64,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                   help="profile path (default: local.json in the user profile directory)")
     calibrate_parser.add_argument("--threads", type=positive_int, default=None,
                                   help=f"default: {DEFAULT_THREADS}, with --extend those of the profile")
-    calibrate_parser.add_argument("--scale", type=float, default=1.0,
-                                  help="multiplies the number of micro-benchmarks")
-    calibrate_parser.add_argument("--repeats", type=positive_int, default=7)
-    calibrate_parser.add_argument("--statistic", choices=("median", "min"), default="median")
+    calibrate_parser.add_argument("--scale", type=float, default=None,
+                                  help="multiplies the number of micro-benchmarks (default 1)")
+    calibrate_parser.add_argument("--repeats", type=positive_int, default=None,
+                                  help="timing rounds of a micro-benchmark (default 7)")
+    calibrate_parser.add_argument("--statistic", choices=("median", "min"), default=None,
+                                  help="of the rounds (default: median)")
     calibrate_parser.add_argument("--seed", type=int, default=0)
     calibrate_parser.add_argument("--networks", type=non_negative_int, default=NETWORKS,
                                   help=f"whole networks timed piece by piece for the learned correction "
@@ -149,13 +151,20 @@ def predict_command(args: argparse.Namespace) -> int:
 def calibrate_command(args: argparse.Namespace) -> int:
     if args.report_dir is not None:
         check_directory(args.report_dir, "--report-dir")
-    scale, seconds = (args.scale / 3, 50.0) if args.quick else (args.scale, NETWORK_SECONDS)
+    micro = {"--scale": args.scale, "--repeats": args.repeats, "--statistic": args.statistic}
+    seconds = 50.0 if args.quick else NETWORK_SECONDS
     if args.extend is not None:
+        given = [flag for flag, value in micro.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the micro-benchmarks, which --extend keeps from the profile; "
+                             "drop them or calibrate anew")
         hw, report = extend_calibration(args.extend, args.out, args.networks, seconds, seed=args.seed,
                                         threads=args.threads)
     else:
-        hw, report = calibrate(args.out, args.threads or DEFAULT_THREADS, scale, args.repeats, args.seed,
-                               statistic=args.statistic, networks=args.networks, network_seconds=seconds)
+        scale = 1.0 if args.scale is None else args.scale
+        hw, report = calibrate(args.out, args.threads or DEFAULT_THREADS, scale / 3 if args.quick else scale,
+                               args.repeats or 7, args.seed, statistic=args.statistic or "median",
+                               networks=args.networks, network_seconds=seconds)
     lines = [f"wrote profile {hw.name!r} to {hw.path}", "fit on the calibration measurements:"]
     lines += [f"  {family:<15} n={r['n']:<4} median error {r['median_abs_error']:.1%}, within ±10 %: "
               f"{r['within_10']:.0%}" for family, r in report.items()]
