@@ -23,9 +23,6 @@ import numpy as np
 from laudnet.latency.hardware import load_hardware
 from laudnet.measure.validate_networks import NetworkConfig, predict_network
 
-CONFIG_FIELDS = ("arch", "input_size", "batch", "paradigm", "granularity", "rate")
-
-
 def stored_rows(path: Path) -> list[dict]:
     """The rows of one stored validation; an error names a file without realized rates."""
     rows = json.loads(path.read_text())["rows"]
@@ -43,7 +40,7 @@ def speedup_errors(hardware: str, files: dict[Path, list[dict]]) -> dict[Path, n
     for path, rows in files.items():
         for row in rows:
             if row["label"] not in predicted:
-                config = NetworkConfig(*(row[k] for k in CONFIG_FIELDS))
+                config = NetworkConfig.from_row(row)
                 predicted[row["label"]] = predict_network(config, hw, row["realized_rates"])["speedup"]
         errors[path] = np.array([predicted[row["label"]] / row["measured_speedup"] - 1 for row in rows])
     return errors

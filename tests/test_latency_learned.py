@@ -300,8 +300,7 @@ def test_network_validation_reports_the_learned_and_the_analytic_predictions(tmp
     paths = result.write(tmp_path)
     assert paths["png"].stat().st_size > 0 and "analytic only" in paths["md"].read_text()
     stored = json.loads(paths["json"].read_text())["rows"][0]  # predicted again from what was stored
-    config = NetworkConfig(*(stored[k] for k in ("arch", "input_size", "batch", "paradigm", "granularity", "rate")))
-    again = predict_network(config, _synthetic_profile(), stored["realized_rates"])
+    again = predict_network(NetworkConfig.from_row(stored), _synthetic_profile(), stored["realized_rates"])
     assert again["sparse_ms"] == pytest.approx(row["predicted_sparse_ms"]) and len(stored["realized_rates"]) == 8
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,11 @@ class NetworkConfig:
     paradigm: str
     granularity: int | None
     rate: float
+
+    @classmethod
+    def from_row(cls, row: dict) -> "NetworkConfig":
+        """The configuration of a stored validation row (which holds its fields, ``asdict``)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @property
     def label(self) -> str:
