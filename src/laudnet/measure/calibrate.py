@@ -271,7 +271,7 @@ def calibrate(out: str | Path | None = None, threads: int | None = None, scale: 
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     path = check_file(out if out is not None else user_profile_dir() / "local.json", "profile path")
-    allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
+    allocator = _stable_allocator()
     started = time.perf_counter()
     samples = measure(scale=scale, repeats=repeats, seed=seed, progress=progress, statistic=statistic)
     hw = fit(samples, starting_profile(threads))
@@ -318,7 +318,7 @@ def extend_calibration(profile: str | Path, out: str | Path | None = None, netwo
         raise ValueError(f"the number of networks to add must be positive, got {networks}")
     torch.set_num_threads(profile_threads)
     path = check_file(out if out is not None else hw.path, "profile path")
-    allocator = "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
+    allocator = _stable_allocator()
     started = time.perf_counter()
     samples = [Sample.from_dict(s) for s in hw.samples]
     measured = _network_count(samples)
@@ -332,6 +332,12 @@ def extend_calibration(profile: str | Path, out: str | Path | None = None, netwo
         f"({len(samples) - len(hw.samples)} pieces of {added} more network{'' if added == 1 else 's'}, "
         f"{measured + added} in all; {time.perf_counter() - started:.0f} s)"]
     return _write_profile(path, hw, samples, readings, sources, allocator)
+
+
+def _stable_allocator() -> str:
+    """Switch to the allocator predictions are made for (:func:`.timing.stable_allocator`)
+    and say which one measures, for the profile's notes."""
+    return "glibc malloc without trimming or mmap" if stable_allocator() else "the default allocator"
 
 
 def _network_count(samples: list[Sample]) -> int:
