@@ -67,12 +67,12 @@ def test_feature_distillation_is_zero_for_the_teacher_itself_and_trains_the_body
     for module in student.modules():  # batch statistics would differ from the teacher's running ones
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
-    _, kd, _ = task.losses(student, student, teacher, list(images), list(targets), 1.0)
+    _, kd, _ = task.losses(student, student, teacher, list(images), list(targets))
     assert float(kd) == pytest.approx(0.0, abs=1e-10)
 
     laudnet.clear_decisions(student)
     student.train()
-    loss, kd, parts = task.losses(student, student, teacher, list(images), list(targets), 1.0)
+    loss, kd, parts = task.losses(student, student, teacher, list(images), list(targets))
     assert set(parts) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert float(loss) == pytest.approx(float(sum(parts.values())))
     assert float(kd) > 0
@@ -89,12 +89,29 @@ def test_feature_distillation_leaves_out_the_padding():
     assert float(feature_mse(student, teacher, [(32, 40), (32, 20)], (32, 40))) == pytest.approx(4.0 * 8 / (80 + 40))
 
 
+def test_feature_distillation_on_objects_counts_only_the_cells_of_boxes():
+    student, teacher = torch.zeros(3, 4, 8, 10), torch.zeros(3, 4, 8, 10)  # cells of 4x4 pixels of a 32x40 batch
+    boxes = [torch.tensor([[5.0, 2.0, 12.0, 7.0]]), torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    teacher[0, :, 5:, :] = 3.0  # rows 20-31: below the box
+    teacher[1] = 3.0  # an image without objects
+    teacher[2, :, 1:, 1:] = 3.0  # outside image 2's box, which covers only cell (0, 0)
+    sizes = [(32, 40)] * 3
+    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == 0.0
+    assert float(feature_mse(student, teacher, sizes, (32, 40))) > 0
+    teacher[0, :, 1, 3] = 2.0  # rows 4-7, columns 12-15: the cell starts where the box ends
+    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == 0.0
+    teacher[0, :, 1, 2] = 2.0  # rows 4-7, columns 8-11: inside the box; image 0's box covers 2 x 2 cells
+    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == pytest.approx(4.0 / (4 + 1))
+    assert float(feature_mse(student, teacher, sizes, (32, 40), [torch.zeros(0, 4)] * 3)) == 0.0
+
+
 def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
     data = ["--dataset", "shapes-detection", "--task", "detection", "--image-size", "64",
             "--train-size", "4", "--test-size", "2", "--batch-size", "2", "--epochs", "1", "--lr", "0.01",
             "--no-progress", "--no-tensorboard"]
     assert main(["train", "--static", "--out", str(tmp_path / "t"), *data]) == 0
-    assert main(["train", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s"), *data]) == 0
+    assert main(["train", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s"), "--distill-region",
+                 "objects", *data]) == 0
     with open(tmp_path / "s" / "epochs.csv") as f:
         epoch = next(csv.DictReader(f))
     assert float(epoch["kd"]) > 0 and 0 <= float(epoch["val_AP"]) <= 1 and float(epoch["val_flops_ratio"]) > 0
@@ -124,6 +141,10 @@ def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
 
     code = main(["eval", str(tmp_path / "s"), "--hardware", "v100"])
     assert code == 2 and "predicted latency on hardware profiles covers classifiers" in capsys.readouterr().err
+    code = main(["train", "--distill-region", "objects", "--out", str(tmp_path / "x")])
+    assert code == 2 and ("distillation region 'objects' needs a detection dataset; classification distils the "
+                          "logits of the whole image") in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     code = main(["train", "--task", "detection", "--out", str(tmp_path / "x")])
     assert code == 2 and ("--task detection does not fit --dataset cluttered, a classification dataset; detection "
                           "datasets: shapes-detection, coco") in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import laudnet
-from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint
+from laudnet.checkpoint import RunSpec, load_checkpoint, model_from_checkpoint, save_checkpoint
 from laudnet.data import ClutteredObjects
 from laudnet.errors import NonFiniteError
 from laudnet.train.loop import Trainer, TrainConfig, resume, train, warmup_cosine
@@ -96,6 +96,9 @@ def test_resume_after_a_crash_takes_the_same_steps(teacher, tmp_path, monkeypatc
         train(spec, config, tmp_path / "crashed")
     with pytest.raises(ValueError, match="differs in lr"):
         train(spec, TrainConfig(epochs=2, batch_size=16, lr=0.1, **QUIET), tmp_path / "crashed", resume=True)
+    state = load_checkpoint(tmp_path / "crashed")  # as written before the setting existed: its default
+    del state["config"]["distill_region"]
+    save_checkpoint(tmp_path / "crashed" / "checkpoint.pt", state)
     resume(tmp_path / "crashed")
 
     # the resumed run logged exactly the steps of the uninterrupted one, and ends in the same state

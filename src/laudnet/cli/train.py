@@ -13,6 +13,7 @@ from ..evaluate import evaluate_checkpoint, summary_markdown
 from ..latency.hardware import load_hardware
 from ..report import write_report
 from ..train.loop import TrainConfig, resume, train
+from ..train.tasks import DISTILL_REGIONS, task_of
 from .arguments import name_list, positive_int_list
 
 DEFAULTS = TrainConfig()
@@ -71,6 +72,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
                             "skips part of its work (default: %(default)s)")
     gates.add_argument("--distill-weight", type=float, default=DEFAULTS.distill_weight, help="α (default: %(default)s)")
     gates.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
+    gates.add_argument("--distill-region", choices=DISTILL_REGIONS, default=DEFAULTS.distill_region,
+                       help="detection: distil the FPN features over the whole image or only on the cells of "
+                            "object boxes (default: %(default)s)")
     gates.add_argument("--tau-schedule", default=DEFAULTS.tau_schedule, help="Gumbel temperature schedule")
     gates.add_argument("--tau-start", type=float, default=DEFAULTS.tau_start)
     gates.add_argument("--tau-end", type=float, default=DEFAULTS.tau_end)
@@ -127,6 +131,7 @@ def run_train(args: argparse.Namespace) -> None:
             if args.task not in (None, task):
                 raise ValueError(f"--task {args.task} does not fit --dataset {args.dataset}, a {task} dataset; "
                                  f"detection datasets: {', '.join(DETECTION_DATASETS)}")
+            task_of(task, args.distill_temperature, args.distill_region)  # refuses a region the task lacks
             model_name = args.model or DEFAULT_MODELS[task]
             spec = RunSpec(model=model_name, paradigm=paradigm, granularity=args.granularity,
                            gate_scale=args.gate_scale, dataset=args.dataset, data=args.data,
@@ -139,6 +144,7 @@ def run_train(args: argparse.Namespace) -> None:
                 budget_ms=args.budget_ms, hardware=args.hardware, budget_batch_size=args.budget_batch_size,
                 budget_weight=args.budget_weight, bound_warmup=args.bound_warmup, max_rate=args.max_rate,
                 distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+                distill_region=args.distill_region,
                 tau_schedule=args.tau_schedule, tau_start=args.tau_start, tau_end=args.tau_end,
                 clip_grad=args.clip_grad or None, bf16=args.bf16, seed=args.seed, log_every=args.log_every,
                 tensorboard=not args.no_tensorboard, progress_bar=not args.no_progress)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import detection, resnet18
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -76,15 +76,29 @@ def max_size(min_size: int) -> int:
     return round(min_size * 5 / 3)
 
 
+class Transformed(NamedTuple):
+    """What a detector's transform made of one batch: the ``(h, w)`` each image was resized
+    to before the batch was padded, and each image's resized ``(n, 4)`` target boxes
+    (``None`` when the transform got no targets, in eval mode)."""
+
+    sizes: list[tuple[int, int]]
+    boxes: list[Tensor] | None
+
+
 @contextlib.contextmanager
-def transformed_sizes(detector: nn.Module) -> Iterator[list[list[tuple[int, int]]]]:
-    """Within the block, the list receives, for every call of ``detector``'s transform, the
-    ``(h, w)`` each image was resized to before the batch was padded."""
-    sizes: list[list[tuple[int, int]]] = []
-    hook = detector.transform.register_forward_hook(
-        lambda transform, args, output: sizes.append([tuple(size) for size in output[0].image_sizes]))
+def transformed_batches(detector: nn.Module) -> Iterator[list[Transformed]]:
+    """Within the block, the list receives a :class:`Transformed` for every call of
+    ``detector``'s transform."""
+    batches: list[Transformed] = []
+
+    def record(transform: nn.Module, args: tuple, output: tuple) -> None:
+        images, targets = output
+        boxes = None if targets is None else [target["boxes"] for target in targets]
+        batches.append(Transformed([tuple(size) for size in images.image_sizes], boxes))
+
+    hook = detector.transform.register_forward_hook(record)
     try:
-        yield sizes
+        yield batches
     finally:
         hook.remove()
 

@@ -23,7 +23,7 @@ from ..data.loaders import collate_detection
 from ..dynamic import dynamic_blocks, dynamic_networks, stats
 from ..metrics import Totals, patch_overlap
 from ..progress import progress_bar
-from .detectors import transformed_sizes
+from .detectors import transformed_batches
 
 try:
     from pycocotools.coco import COCO
@@ -126,7 +126,7 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
     totals = Totals()
     with_masks = True
     # the sizes the transform resized the images to place the boxes in the backbone's input
-    with transformed_sizes(model) if dynamic else contextlib.nullcontext([]) as resized, torch.no_grad():
+    with transformed_batches(model) if dynamic else contextlib.nullcontext([]) as resized, torch.no_grad():
         for batch, targets in loader:
             outputs = model([image.to(device) for image in batch])
             for image, target, output in zip(batch, targets, outputs):
@@ -137,7 +137,7 @@ def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, w
                 with_masks = with_masks and "masks" in target and "masks" in output
             if dynamic:
                 boxes = [t["boxes"] * torch.tensor([w / i.shape[-1], h / i.shape[-2]] * 2)
-                         for t, i, (h, w) in zip(targets, batch, resized[-1])]
+                         for t, i, (h, w) in zip(targets, batch, resized[-1].sizes)]
                 totals.add(stats(model), box_overlap(model, boxes))
     categories = [{"id": label} for label in sorted({a["category_id"] for a in objects})]
     ground_truth = {"images": images, "annotations": objects, "categories": categories}

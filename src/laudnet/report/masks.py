@@ -22,7 +22,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from ..detection import DETECTORS  # noqa: E402
-from ..detection.detectors import transformed_sizes  # noqa: E402
+from ..detection.detectors import transformed_batches  # noqa: E402
 from ..dynamic import dynamic_blocks, dynamic_networks, stats  # noqa: E402
 from ..sparse import upsample_mask  # noqa: E402
 
@@ -113,9 +113,9 @@ def mask_overlays(model: nn.Module, dataset, indices: Sequence[int], classes: Se
 def _detect(detector: nn.Module, image: Tensor) -> tuple[dict, dict[str, Tensor]]:
     """A detector's output for one image and, per stage, where its backbone computed,
     cropped to the resized image (the transform pads it) and scaled back to ``image``."""
-    with transformed_sizes(detector) as sizes:
+    with transformed_batches(detector) as batches:
         output = detector.eval()([image.to(next(detector.parameters()).device)])[0]
-    height, width = sizes[0][0]
+    height, width = batches[0].sizes[0]
     maps = {stage: F.interpolate(m[:, None, :height, :width], size=image.shape[-2:], mode="nearest")[0, 0]
             for stage, m in spatial_maps(dynamic_networks(detector)[0]).items()}
     return output, maps

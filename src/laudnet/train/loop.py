@@ -43,7 +43,7 @@ from ..outputs import check_directory, claim
 from ..progress import progress_bar
 from .losses import budget_loss, check_budget
 from .runlog import RunLog
-from .tasks import Classification, Task, task_of, to_device
+from .tasks import DISTILL_REGIONS, Classification, Task, task_of, to_device
 
 OPTIMIZERS = ("sgd", "adamw")
 logger = logging.getLogger("laudnet")
@@ -79,6 +79,7 @@ class TrainConfig:
     max_rate: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
+    distill_region: str = "image"
     tau_schedule: str = "exponential"
     tau_start: float = 5.0
     tau_end: float = 0.1
@@ -116,6 +117,8 @@ class TrainConfig:
         check(self.distill_weight >= 0, f"distillation weight must be non-negative, got {self.distill_weight}")
         check(self.distill_temperature > 0,
               f"distillation temperature must be positive, got {self.distill_temperature}")
+        check(self.distill_region in DISTILL_REGIONS,
+              f"distillation region {self.distill_region!r} is unknown; allowed: {', '.join(DISTILL_REGIONS)}")
         check(self.tau_schedule in SCHEDULES,
               f"temperature schedule {self.tau_schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         check(self.tau_start > 0 and self.tau_end > 0,
@@ -186,8 +189,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
                  teacher: nn.Module | None = None, context: Context = Context(),
-                 task: Task = Classification()) -> None:
-        self.task = task
+                 task: Task | None = None) -> None:
+        self.task = task or Classification(config.distill_temperature)
         self.net = model.to(context.device)
         self.budget = None if config.static else budget_loss(config.target, config.budget_ms, config.hardware,
                                                              config.budget_batch_size, shared_reference(context),
@@ -222,8 +225,7 @@ class Trainer:
         if not config.static:
             set_temperature(self.net, self.tau(self.progress))
         with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            ce, kd, extra = self.task.losses(self.model, self.net, self.teacher, inputs, targets,
-                                                config.distill_temperature)
+            ce, kd, extra = self.task.losses(self.model, self.net, self.teacher, inputs, targets)
         budget, flops_ratio = ce.new_zeros(()), ce.new_ones(())
         if not config.static:
             relax = self.progress / config.bound_warmup if config.bound_warmup > 0 else 1.0
@@ -310,8 +312,9 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
     previous = None
     if resume:
         previous = load_checkpoint(checkpoint_path)
-        for name, given, stored in (("spec", asdict(spec), previous["spec"]), ("config", asdict(config), previous["config"])):
-            changed = sorted(k for k in given if given[k] != stored.get(k))
+        for name, given, stored in (("spec", spec, previous["spec"]), ("config", config, previous["config"])):
+            # a setting newer than the checkpoint: its run had the default
+            changed = sorted(k for k, value in asdict(given).items() if value != stored.get(k, getattr(type(given), k, None)))
             if changed:
                 raise ValueError(f"cannot resume {checkpoint_path}: its {name} differs in {', '.join(changed)}")
     elif checkpoint_path.exists():
@@ -328,7 +331,7 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
         elif previous is None and context.is_main:
             logger.warning(f"the teacher {spec.teacher} is a {teacher_spec.model}, the student a {spec.model}: the "
                            "student starts from random weights; the teacher is used for distillation only")
-    task = task_of(splits.info.task)
+    task = task_of(splits.info.task, config.distill_temperature, config.distill_region)
     loader, val = task.loaders(splits.train, splits.test, config.batch_size, config.seed, context, workers)
     trainer = Trainer(model, config, len(loader), teacher, context, task)
     history: list[dict] = []

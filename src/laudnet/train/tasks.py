@@ -6,7 +6,11 @@ losses (RPN and box head, plus the mask head of Mask R-CNN), distillation of the
 FPN features, COCO AP. Features rather than detections are distilled, as LAUDNet's
 detection recipe does: they are dense (every position of every level teaches the gates
 what the static backbone computes there), they are exactly what the dynamic body changes,
-and they need no matching of the teacher's and the student's detections.
+and they need no matching of the teacher's and the student's detections. The features are
+distilled over the whole image, or only where objects are (``objects``: the positions
+whose cell overlaps an object box, the fine-grained feature imitation of Wang et al.,
+CVPR 2019), which leaves the gates free to skip the background, where the detector's
+own losses still teach what is not an object.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.loaders import collate_detection, eval_loader, train_loader
-from ..detection.detectors import transformed_sizes
+from ..detection.detectors import transformed_batches
 from ..detection.metrics import evaluate_detector
 from ..distributed import Context, all_reduce_sum, broadcast_buffers
 from ..metrics import accumulate
@@ -35,10 +39,13 @@ class Task(Protocol):
     def loaders(self, train: Dataset, test: Dataset, batch_size: int, seed: int, context: Context,
                 workers: int) -> tuple[DataLoader, DataLoader]: ...
 
-    def losses(self, model: nn.Module, net: nn.Module, teacher: nn.Module | None, inputs, targets,
-               temperature: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]: ...
+    def losses(self, model: nn.Module, net: nn.Module, teacher: nn.Module | None, inputs,
+               targets) -> tuple[Tensor, Tensor, dict[str, Tensor]]: ...
 
     def validate(self, net: nn.Module, loader: DataLoader, context: Context) -> dict[str, float]: ...
+
+
+DISTILL_REGIONS = ("image", "objects")
 
 
 class Classification:
@@ -46,12 +53,15 @@ class Classification:
 
     score = "accuracy"
 
+    def __init__(self, temperature: float = 4.0) -> None:
+        self.temperature = temperature
+
     def loaders(self, train, test, batch_size, seed, context, workers):
         return (train_loader(train, batch_size, seed=seed, rank=context.rank, world_size=context.world_size,
                              workers=workers),
                 eval_loader(test, batch_size, rank=context.rank, world_size=context.world_size, workers=workers))
 
-    def losses(self, model, net, teacher, inputs, targets, temperature):
+    def losses(self, model, net, teacher, inputs, targets):
         """``(cross-entropy, distillation, {"accuracy": batch accuracy})``; ``model`` is
         ``net`` as trained (wrapped for distributed training)."""
         logits = model(inputs)
@@ -59,7 +69,7 @@ class Classification:
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(inputs)
-            kd = distillation_loss(logits, teacher_logits, temperature)
+            kd = distillation_loss(logits, teacher_logits, self.temperature)
         accuracy = (logits.argmax(1) == targets).float().mean()
         return F.cross_entropy(logits.float(), targets), kd, {"accuracy": accuracy}
 
@@ -71,27 +81,34 @@ class Classification:
 
 
 class Detection:
-    """The detector's losses, FPN-feature distillation, COCO AP of boxes."""
+    """The detector's losses, FPN-feature distillation over ``region`` (``image`` or
+    ``objects``, :data:`DISTILL_REGIONS`), COCO AP of boxes."""
 
     score = "AP"
+
+    def __init__(self, region: str = "image") -> None:
+        if region not in DISTILL_REGIONS:
+            raise ValueError(f"distillation region {region!r} is unknown; allowed: {', '.join(DISTILL_REGIONS)}")
+        self.region = region
 
     def loaders(self, train, test, batch_size, seed, context, workers):
         loader = train_loader(train, batch_size, seed=seed, rank=context.rank, world_size=context.world_size,
                               workers=workers, collate_fn=collate_detection)
         return loader, DataLoader(test, batch_size=batch_size, collate_fn=collate_detection)
 
-    def losses(self, model, net, teacher, inputs, targets, temperature):
+    def losses(self, model, net, teacher, inputs, targets):
         """``(sum of the detector's losses, feature distillation, each loss)``: distillation is
         the mean squared difference of the FPN levels over the images' area (not the
-        padding, which the student's gates skip), the teacher's backbone run on the very
-        batch (resized, normalised, padded) the student's backbone saw."""
+        padding, which the student's gates skip) or its cells on object boxes, the
+        teacher's backbone run on the very batch (resized, normalised, padded) the
+        student's backbone saw."""
         keep = ("boxes", "labels", "masks") if getattr(net.roi_heads, "has_mask", lambda: False)() else \
             ("boxes", "labels")
         targets = [{k: v for k, v in t.items() if k in keep} for t in targets]
         seen: dict = {}
         hook = net.backbone.register_forward_hook(lambda m, args, output: seen.update(input=args[0], output=output))
         try:
-            with transformed_sizes(net) as sizes:
+            with transformed_batches(net) as transformed:
                 losses = model(inputs, targets)
         finally:
             hook.remove()
@@ -100,8 +117,10 @@ class Detection:
         if teacher is not None:
             with torch.no_grad():
                 taught = teacher.backbone(seen["input"])
-            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), sizes[-1],
-                                         seen["input"].shape[-2:]) for k in taught]).mean()
+            sizes, boxes = transformed[-1]
+            boxes = boxes if self.region == "objects" else None
+            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), sizes,
+                                         seen["input"].shape[-2:], boxes) for k in taught]).mean()
         return loss, kd, losses
 
     def validate(self, net, loader, context):
@@ -118,21 +137,43 @@ class Detection:
         return {"val_AP": values[0], "val_flops_ratio": values[1]}
 
 
-def feature_mse(student: Tensor, teacher: Tensor, sizes: list[tuple[int, int]], input_size: tuple[int, int]) -> Tensor:
+def feature_mse(student: Tensor, teacher: Tensor, sizes: list[tuple[int, int]], input_size: tuple[int, int],
+                boxes: list[Tensor] | None = None) -> Tensor:
     """Mean squared difference of two ``(B, C, h, w)`` feature maps over the positions that
-    see image ``i``'s unpadded ``sizes[i]`` in a padded input of ``input_size``."""
+    see image ``i``'s unpadded ``sizes[i]`` in a padded input of ``input_size``, or, with
+    ``boxes`` (image ``i``'s ``(n, 4)`` boxes ``x1, y1, x2, y2`` in input pixels), over the
+    positions whose cell of the input overlaps one of its boxes (0 when none does)."""
     height, width = student.shape[-2:]
     rows = torch.arange(height, device=student.device) * input_size[0] / height
     cols = torch.arange(width, device=student.device) * input_size[1] / width
-    extent = torch.tensor(sizes, device=student.device, dtype=rows.dtype)
-    inside = (rows[None, :, None] < extent[:, 0, None, None]) & (cols[None, None, :] < extent[:, 1, None, None])
+    if boxes is None:
+        extent = torch.tensor(sizes, device=student.device, dtype=rows.dtype)
+        inside = (rows[None, :, None] < extent[:, 0, None, None]) & (cols[None, None, :] < extent[:, 1, None, None])
+    else:
+        inside = torch.stack([on_boxes(rows, cols, b.to(rows.dtype), input_size[0] / height, input_size[1] / width)
+                              for b in boxes])
     squared = (student - teacher).pow(2).mean(dim=1)
-    return (squared * inside).sum() / inside.sum()
+    return (squared * inside).sum() / inside.sum().clamp(min=1)
 
 
-def task_of(kind: str) -> Task:
-    """The task of a dataset kind (``DataInfo.task``)."""
-    return Detection() if kind == "detection" else Classification()
+def on_boxes(rows: Tensor, cols: Tensor, boxes: Tensor, cell_height: float, cell_width: float) -> Tensor:
+    """``(len(rows), len(cols))`` booleans: does the cell starting at ``(rows[r], cols[c])``
+    overlap one of the ``(n, 4)`` ``boxes``?"""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    in_rows = (rows[:, None] < y2) & (rows[:, None] + cell_height > y1)  # (h, n)
+    in_cols = (cols[:, None] < x2) & (cols[:, None] + cell_width > x1)  # (w, n)
+    return (in_rows[:, None, :] & in_cols[None, :, :]).any(dim=-1)
+
+
+def task_of(kind: str, temperature: float = 4.0, region: str = "image") -> Task:
+    """The task of a dataset kind (``DataInfo.task``) with its distillation settings:
+    the logits' ``temperature`` (classification), the features' ``region`` (detection)."""
+    if kind == "detection":
+        return Detection(region)
+    if region != "image":
+        raise ValueError(f"distillation region {region!r} needs a detection dataset; classification distils "
+                         "the logits of the whole image")
+    return Classification(temperature)
 
 
 def to_device(inputs, targets, device: torch.device):
