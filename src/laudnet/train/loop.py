@@ -117,8 +117,7 @@ class TrainConfig:
         check(self.distill_weight >= 0, f"distillation weight must be non-negative, got {self.distill_weight}")
         check(self.distill_temperature > 0,
               f"distillation temperature must be positive, got {self.distill_temperature}")
-        check(self.distill_region in DISTILL_REGIONS,
-              f"distillation region {self.distill_region!r} is unknown; allowed: {', '.join(DISTILL_REGIONS)}")
+        checks.choice("distillation region", self.distill_region, DISTILL_REGIONS)
         check(self.tau_schedule in SCHEDULES,
               f"temperature schedule {self.tau_schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         check(self.tau_start > 0 and self.tau_end > 0,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .. import checks
 from ..data.loaders import collate_detection, eval_loader, train_loader
 from ..detection.detectors import transformed_batches
 from ..detection.metrics import evaluate_detector
@@ -87,9 +88,7 @@ class Detection:
     score = "AP"
 
     def __init__(self, region: str = "image") -> None:
-        if region not in DISTILL_REGIONS:
-            raise ValueError(f"distillation region {region!r} is unknown; allowed: {', '.join(DISTILL_REGIONS)}")
-        self.region = region
+        self.region = checks.choice("distillation region", region, DISTILL_REGIONS)
 
     def loaders(self, train, test, batch_size, seed, context, workers):
         loader = train_loader(train, batch_size, seed=seed, rank=context.rank, world_size=context.world_size,
