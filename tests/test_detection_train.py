@@ -4,6 +4,7 @@ name, FPN-feature distillation, and train → eval → report from the command l
 import copy
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ from laudnet.cli import main
 from laudnet.data import ShapesDetection, build_datasets, write_coco
 from laudnet.detection import METRICS, create_detector
 from laudnet.errors import DataError
-from laudnet.train.tasks import Detection, feature_mse
+from laudnet.detection.regions import image_pixels, object_pixels
+from laudnet.dynamic import dynamic_blocks
+from laudnet.train.losses import background_loss
+from laudnet.train.tasks import Detection, feature_mse, task_of
 
 
 def test_shapes_detection_by_name_has_mixed_sizes_and_disjoint_splits():
@@ -80,13 +84,24 @@ def test_feature_distillation_is_zero_for_the_teacher_itself_and_trains_the_body
     assert student.backbone.body.layer2[0].conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
 
+    task = Detection("objects", background_weight=2.0)  # + β × the background the gates kept
+    loss, _, parts = task.losses(student, student, teacher, list(images), list(targets))
+    detector = sum(v for k, v in parts.items() if k != "background")
+    assert 0 < float(parts["background"]) <= 1 and set(parts) > {"loss_classifier"}
+    assert float(loss) == pytest.approx(float(detector + 2.0 * parts["background"]))
+    with pytest.raises(ValueError, match="background weight must be a finite number of at least 0, got -1.0"):
+        Detection(background_weight=-1)
+    with pytest.raises(ValueError, match="background weight 0.5 needs a detection dataset"):
+        task_of("classification", background_weight=0.5)
+
 
 def test_feature_distillation_leaves_out_the_padding():
     student, teacher = torch.zeros(2, 4, 8, 10), torch.zeros(2, 4, 8, 10)
     teacher[1, :, :, 5:] = 3.0  # image 1 covers the left half of the padded 32x40 batch
-    assert float(feature_mse(student, teacher, [(32, 40), (32, 20)], (32, 40))) == 0.0
+    image = image_pixels([(32, 40), (32, 20)], (32, 40))
+    assert float(feature_mse(student, teacher, image)) == 0.0
     teacher[1, :, :, 4] = 2.0
-    assert float(feature_mse(student, teacher, [(32, 40), (32, 20)], (32, 40))) == pytest.approx(4.0 * 8 / (80 + 40))
+    assert float(feature_mse(student, teacher, image)) == pytest.approx(4.0 * 8 / (80 + 40))
 
 
 def test_feature_distillation_on_objects_counts_only_the_cells_of_boxes():
@@ -95,14 +110,39 @@ def test_feature_distillation_on_objects_counts_only_the_cells_of_boxes():
     teacher[0, :, 5:, :] = 3.0  # rows 20-31: below the box
     teacher[1] = 3.0  # an image without objects
     teacher[2, :, 1:, 1:] = 3.0  # outside image 2's box, which covers only cell (0, 0)
-    sizes = [(32, 40)] * 3
-    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == 0.0
-    assert float(feature_mse(student, teacher, sizes, (32, 40))) > 0
+    objects = object_pixels(boxes, (32, 40))
+    assert float(feature_mse(student, teacher, objects)) == 0.0
+    assert float(feature_mse(student, teacher, image_pixels([(32, 40)] * 3, (32, 40)))) > 0
     teacher[0, :, 1, 3] = 2.0  # rows 4-7, columns 12-15: the cell starts where the box ends
-    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == 0.0
+    assert float(feature_mse(student, teacher, objects)) == 0.0
     teacher[0, :, 1, 2] = 2.0  # rows 4-7, columns 8-11: inside the box; image 0's box covers 2 x 2 cells
-    assert float(feature_mse(student, teacher, sizes, (32, 40), boxes)) == pytest.approx(4.0 / (4 + 1))
-    assert float(feature_mse(student, teacher, sizes, (32, 40), [torch.zeros(0, 4)] * 3)) == 0.0
+    assert float(feature_mse(student, teacher, objects)) == pytest.approx(4.0 / (4 + 1))
+    assert float(feature_mse(student, teacher, object_pixels([torch.zeros(0, 4)] * 3, (32, 40)))) == 0.0
+
+
+def test_background_loss_is_the_kept_share_of_the_patches_off_objects_and_trains_the_gates():
+    model = laudnet.create_model("cifar_resnet20", paradigm="spatial", granularity="4-2-1", num_classes=8,
+                                 in_channels=1, input_size=16)
+    image = image_pixels([(16, 16), (16, 8)], (16, 16))  # image 1 covers the left half of the batch
+    objects = object_pixels([torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)], (16, 16))
+    model.eval()(torch.randn(2, 1, 16, 16))  # eval, every gate open: all of the background is kept
+    assert float(background_loss(model, image, objects)) == pytest.approx(1.0)
+    block = model.layer1[0]  # granularity 4 on a 16x16 map: 4x4 patches of 4x4 pixels
+    kept = torch.zeros(2, 4, 4)
+    kept[0, 0, 3] = kept[0, 1, 1] = kept[1, 2, 1] = kept[1, 3, 3] = 1.0  # 1 on the box, 1 off it, 1 in the padding
+    block.last = replace(block.last, patches=kept)
+    blocks = len([b for _, b in dynamic_blocks(model)])
+    # layer1[0]: 2 of the 12 + 8 background patches (the box takes 4 of image 0's; the padding 8 of image 1's)
+    assert float(background_loss(model, image, objects)) == pytest.approx((blocks - 1 + 2 / 20) / blocks)
+    on_objects = object_pixels([torch.tensor([[0.0, 0.0, 16.0, 16.0]])] * 2, (16, 16))
+    assert float(background_loss(model, image, on_objects)) == 0.0  # no background
+
+    model.train()(torch.randn(2, 1, 16, 16))  # straight-through decisions: more kept background costs more
+    background_loss(model, image, objects).backward()
+    assert all(float(b.spatial_masker.conv.bias.grad) > 0 for _, b in dynamic_blocks(model))
+    static = laudnet.set_execution(laudnet.create_model("cifar_resnet20", num_classes=8, in_channels=1), "static")
+    static(torch.randn(2, 1, 16, 16))
+    assert float(background_loss(static, image, objects)) == 0.0  # no spatial gates
 
 
 def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
@@ -144,6 +184,15 @@ def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
     code = main(["train", "--distill-region", "objects", "--out", str(tmp_path / "x")])
     assert code == 2 and ("distillation region 'objects' needs a detection dataset; classification distils the "
                           "logits of the whole image") in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    code = main(["train", "--background-weight", "1", "--out", str(tmp_path / "x")])
+    assert code == 2 and ("background weight 1 needs a detection dataset, whose object boxes say what is "
+                          "background; classification has none (give 0)") in capsys.readouterr().err
+    code = main(["train", *data, "--paradigm", "channel", "--background-weight", "0.5", "--out", str(tmp_path / "x")])
+    assert code == 2 and ("--background-weight 0.5 weighs the patches spatial gates keep; paradigm 'channel' has "
+                          "none (give --paradigm spatial)") in capsys.readouterr().err
+    code = main(["train", *data, "--background-weight", "-1", "--out", str(tmp_path / "x")])
+    assert code == 2 and "background weight must be a finite number of at least 0, got -1.0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     code = main(["train", "--task", "detection", "--out", str(tmp_path / "x")])
     assert code == 2 and ("--task detection does not fit --dataset cluttered, a classification dataset; detection "

@@ -27,14 +27,16 @@ class BlockRecord:
 
     ``rate`` is the activation rate (share of patches / channel groups / blocks computed),
     ``macs`` the MACs the sparse path executes (maskers, halo and shortcut included),
-    ``static_macs`` those of the static block. Both tensors keep their gradient in
-    training, which the budget loss uses.
+    ``static_macs`` those of the static block; ``patches`` the ``(B, rows, cols)`` patches
+    a spatial gate kept (the layer gate folded in; ``None`` without a spatial gate). The
+    tensors keep their gradient in training, which the budget and background losses use.
     """
 
     rate: Tensor
     macs: Tensor
     static_macs: int
     input_shape: tuple[int, ...]
+    patches: Tensor | None = None
 
 
 def static_block_macs(branch: Branch, input_shape: tuple[int, ...]) -> int:
@@ -77,4 +79,5 @@ def record(branch: Branch, maskers: list[Masker], input_shape: torch.Size, devic
     else:
         computed = layer_skipping.macs(branch, sizes, d.layer)
     rate = activation_rate(d, batch, device)
-    return BlockRecord(rate, fixed + computed * torch.ones_like(rate, dtype=torch.float64), static, shape)
+    return BlockRecord(rate, fixed + computed * torch.ones_like(rate, dtype=torch.float64), static, shape,
+                       d.kept_patches)

@@ -75,6 +75,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     gates.add_argument("--distill-region", choices=DISTILL_REGIONS, default=DEFAULTS.distill_region,
                        help="detection: distil the FPN features over the whole image or only on the cells of "
                             "object boxes (default: %(default)s)")
+    gates.add_argument("--background-weight", type=float, default=DEFAULTS.background_weight, metavar="β",
+                       help="detection, spatial gates: add β × the share of the patches off object boxes "
+                            "that the gates keep, so that they spend the budget on objects (default: %(default)s)")
     gates.add_argument("--tau-schedule", default=DEFAULTS.tau_schedule, help="Gumbel temperature schedule")
     gates.add_argument("--tau-start", type=float, default=DEFAULTS.tau_start)
     gates.add_argument("--tau-end", type=float, default=DEFAULTS.tau_end)
@@ -131,7 +134,11 @@ def run_train(args: argparse.Namespace) -> None:
             if args.task not in (None, task):
                 raise ValueError(f"--task {args.task} does not fit --dataset {args.dataset}, a {task} dataset; "
                                  f"detection datasets: {', '.join(DETECTION_DATASETS)}")
-            task_of(task, args.distill_temperature, args.distill_region)  # refuses a region the task lacks
+            # refuses a region or a background weight the task lacks
+            task_of(task, args.distill_temperature, args.distill_region, args.background_weight)
+            if args.background_weight and "spatial" not in paradigm:
+                raise ValueError(f"--background-weight {args.background_weight:g} weighs the patches spatial gates "
+                                 f"keep; paradigm {paradigm!r} has none (give --paradigm spatial)")
             model_name = args.model or DEFAULT_MODELS[task]
             spec = RunSpec(model=model_name, paradigm=paradigm, granularity=args.granularity,
                            gate_scale=args.gate_scale, dataset=args.dataset, data=args.data,
@@ -144,7 +151,7 @@ def run_train(args: argparse.Namespace) -> None:
                 budget_ms=args.budget_ms, hardware=args.hardware, budget_batch_size=args.budget_batch_size,
                 budget_weight=args.budget_weight, bound_warmup=args.bound_warmup, max_rate=args.max_rate,
                 distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-                distill_region=args.distill_region,
+                distill_region=args.distill_region, background_weight=args.background_weight,
                 tau_schedule=args.tau_schedule, tau_start=args.tau_start, tau_end=args.tau_end,
                 clip_grad=args.clip_grad or None, bf16=args.bf16, seed=args.seed, log_every=args.log_every,
                 tensorboard=not args.no_tensorboard, progress_bar=not args.no_progress)

@@ -14,7 +14,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .. import checks
@@ -24,6 +23,7 @@ from ..dynamic import dynamic_blocks, dynamic_networks, stats
 from ..metrics import Totals, patch_overlap
 from ..progress import progress_bar
 from .detectors import transformed_batches
+from .regions import cells, object_pixels
 
 try:
     from pycocotools.coco import COCO
@@ -92,11 +92,8 @@ def box_overlap(model: nn.Module, boxes: list[Tensor]) -> dict[str, list[float]]
     object ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw; the padded
     area counts as patches). A patch is on an object when its area in the backbone's input
     overlaps a box (max-pooled)."""
-    on_object = torch.zeros(len(boxes), 1, *dynamic_networks(model)[0].input_shape[-2:])
-    for i, image_boxes in enumerate(boxes):
-        for x1, y1, x2, y2 in image_boxes.round().long().tolist():
-            on_object[i, 0, y1:y2, x1:x2] = 1.0
-    return patch_overlap(model, lambda block, rows, cols: F.adaptive_max_pool2d(on_object, (rows, cols))[:, 0])
+    on_object = object_pixels(boxes, tuple(dynamic_networks(model)[0].input_shape[-2:]))
+    return patch_overlap(model, lambda block, rows, cols: cells(on_object, rows, cols))
 
 
 def evaluate_detector(model: nn.Module, dataset: Dataset, batch_size: int = 2, workers: int = 0,

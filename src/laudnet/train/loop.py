@@ -58,7 +58,8 @@ class TrainConfig:
     ``target`` is the FLOPs ratio the budget aims at; ``bound_warmup`` the share of the run
     over which the per-block rate bounds relax (:func:`laudnet.rate_bounds`), the upper
     one to ``max_rate``.
-    ``budget_weight`` is λ and ``distill_weight`` α (used when there is a teacher).
+    ``budget_weight`` is λ and ``distill_weight`` α (used when there is a teacher);
+    ``background_weight`` β weighs the background a detector's spatial gates keep.
     """
 
     epochs: int = 10
@@ -80,6 +81,7 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
     distill_region: str = "image"
+    background_weight: float = 0.0
     tau_schedule: str = "exponential"
     tau_start: float = 5.0
     tau_end: float = 0.1
@@ -118,6 +120,7 @@ class TrainConfig:
         check(self.distill_temperature > 0,
               f"distillation temperature must be positive, got {self.distill_temperature}")
         checks.choice("distillation region", self.distill_region, DISTILL_REGIONS)
+        check(self.background_weight >= 0, f"background weight must be non-negative, got {self.background_weight}")
         check(self.tau_schedule in SCHEDULES,
               f"temperature schedule {self.tau_schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         check(self.tau_start > 0 and self.tau_end > 0,
@@ -330,7 +333,7 @@ def _train(spec: RunSpec, config: TrainConfig, out_dir: Path, resume: bool, cont
         elif previous is None and context.is_main:
             logger.warning(f"the teacher {spec.teacher} is a {teacher_spec.model}, the student a {spec.model}: the "
                            "student starts from random weights; the teacher is used for distillation only")
-    task = task_of(splits.info.task, config.distill_temperature, config.distill_region)
+    task = task_of(splits.info.task, config.distill_temperature, config.distill_region, config.background_weight)
     loader, val = task.loaders(splits.train, splits.test, config.batch_size, config.seed, context, workers)
     trainer = Trainer(model, config, len(loader), teacher, context, task)
     history: list[dict] = []

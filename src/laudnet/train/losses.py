@@ -1,4 +1,5 @@
-"""Training losses: the compute budget of the gates and distillation from the static model."""
+"""Training losses: the compute budget of the gates, where detection gates spend it, and distillation
+from the static model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import checks
+from ..detection.regions import cells
 from ..dynamic import dynamic_blocks, network_macs
 from ..latency.hardware import Hardware, load_hardware
 from ..latency.table import latency_table
@@ -112,6 +114,25 @@ def flops_budget_loss(model: nn.Module, target: float, progress: float = 1.0, ma
                          if block.config.paradigm != "none"])
     bounds = (F.relu(rates - upper) ** 2 + F.relu(lower - rates) ** 2).mean()
     return bounds + (dynamic.mean() / static - target) ** 2
+
+
+def background_loss(model: nn.Module, image: Tensor, objects: Tensor) -> Tensor:
+    """Share of the background that the spatial gates of the last forward pass kept: per
+    spatial block, the kept patches among those in the ``image`` region and off the
+    ``objects`` region (``(B, 1, H, W)`` maps of the input's pixels,
+    :mod:`laudnet.detection.regions`), averaged over the blocks; 0 without spatial gates.
+    Differentiable through the straight-through decisions of a masked, training-mode pass,
+    it teaches the gates to spend the budget on objects, which the object boxes of a
+    detection set show."""
+    shares = []
+    for _, block in dynamic_blocks(model):
+        patches = block.last.patches if block.last is not None else None
+        if patches is None:
+            continue
+        rows, cols = patches.shape[-2:]
+        background = cells(image, rows, cols) & ~cells(objects, rows, cols)
+        shares.append((patches * background).sum() / background.sum().clamp(min=1))
+    return torch.stack(shares).mean() if shares else image.new_zeros(())
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:

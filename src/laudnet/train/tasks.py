@@ -10,7 +10,9 @@ and they need no matching of the teacher's and the student's detections. The fea
 distilled over the whole image, or only where objects are (``objects``: the positions
 whose cell overlaps an object box, the fine-grained feature imitation of Wang et al.,
 CVPR 2019), which leaves the gates free to skip the background, where the detector's
-own losses still teach what is not an object.
+own losses still teach what is not an object. A background weight β adds β × the share of
+the background the spatial gates kept (:func:`~laudnet.train.losses.background_loss`):
+the boxes then show the gates where to spend the budget.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from .. import checks
 from ..data.loaders import collate_detection, eval_loader, train_loader
 from ..detection.detectors import transformed_batches
 from ..detection.metrics import evaluate_detector
+from ..detection.regions import cells, image_pixels, object_pixels
 from ..distributed import Context, all_reduce_sum, broadcast_buffers
 from ..metrics import accumulate
-from .losses import distillation_loss
+from .losses import background_loss, distillation_loss
 
 
 class Task(Protocol):
@@ -82,13 +85,15 @@ class Classification:
 
 
 class Detection:
-    """The detector's losses, FPN-feature distillation over ``region`` (``image`` or
-    ``objects``, :data:`DISTILL_REGIONS`), COCO AP of boxes."""
+    """The detector's losses plus ``background_weight`` × the background its spatial gates
+    kept, FPN-feature distillation over ``region`` (``image`` or ``objects``,
+    :data:`DISTILL_REGIONS`), COCO AP of boxes."""
 
     score = "AP"
 
-    def __init__(self, region: str = "image") -> None:
+    def __init__(self, region: str = "image", background_weight: float = 0.0) -> None:
         self.region = checks.choice("distillation region", region, DISTILL_REGIONS)
+        self.background_weight = checks.number("background weight", background_weight, 0.0)
 
     def loaders(self, train, test, batch_size, seed, context, workers):
         loader = train_loader(train, batch_size, seed=seed, rank=context.rank, world_size=context.world_size,
@@ -96,11 +101,12 @@ class Detection:
         return loader, DataLoader(test, batch_size=batch_size, collate_fn=collate_detection)
 
     def losses(self, model, net, teacher, inputs, targets):
-        """``(sum of the detector's losses, feature distillation, each loss)``: distillation is
-        the mean squared difference of the FPN levels over the images' area (not the
-        padding, which the student's gates skip) or its cells on object boxes, the
-        teacher's backbone run on the very batch (resized, normalised, padded) the
-        student's backbone saw."""
+        """``(sum of the detector's losses + β × background, feature distillation, each loss
+        and the background)``: the background is the share of the patches off object
+        boxes that the gates kept; distillation is the mean squared difference of the FPN
+        levels over the images' area (not the padding, which the student's gates skip) or
+        its cells on object boxes, the teacher's backbone run on the very batch (resized,
+        normalised, padded) the student's backbone saw."""
         keep = ("boxes", "labels", "masks") if getattr(net.roi_heads, "has_mask", lambda: False)() else \
             ("boxes", "labels")
         targets = [{k: v for k, v in t.items() if k in keep} for t in targets]
@@ -112,14 +118,21 @@ class Detection:
         finally:
             hook.remove()
         loss = sum(losses.values())
+        sizes, boxes = transformed[-1]
+        input_size = tuple(seen["input"].shape[-2:])
+        image = image_pixels(sizes, input_size, loss.device)
+        objects = object_pixels(boxes, input_size, loss.device)
+        if self.background_weight > 0:
+            background = background_loss(net, image, objects)
+            loss = loss + self.background_weight * background
+            losses = {**losses, "background": background}
         kd = loss.new_zeros(())
         if teacher is not None:
             with torch.no_grad():
                 taught = teacher.backbone(seen["input"])
-            sizes, boxes = transformed[-1]
-            boxes = boxes if self.region == "objects" else None
-            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), sizes,
-                                         seen["input"].shape[-2:], boxes) for k in taught]).mean()
+            region = objects if self.region == "objects" else image
+            kd = torch.stack([feature_mse(seen["output"][k].float(), taught[k].float(), region)
+                              for k in taught]).mean()
         return loss, kd, losses
 
     def validate(self, net, loader, context):
@@ -136,42 +149,28 @@ class Detection:
         return {"val_AP": values[0], "val_flops_ratio": values[1]}
 
 
-def feature_mse(student: Tensor, teacher: Tensor, sizes: list[tuple[int, int]], input_size: tuple[int, int],
-                boxes: list[Tensor] | None = None) -> Tensor:
-    """Mean squared difference of two ``(B, C, h, w)`` feature maps over the positions that
-    see image ``i``'s unpadded ``sizes[i]`` in a padded input of ``input_size``, or, with
-    ``boxes`` (image ``i``'s ``(n, 4)`` boxes ``x1, y1, x2, y2`` in input pixels), over the
-    positions whose cell of the input overlaps one of its boxes (0 when none does)."""
-    height, width = student.shape[-2:]
-    rows = torch.arange(height, device=student.device) * input_size[0] / height
-    cols = torch.arange(width, device=student.device) * input_size[1] / width
-    if boxes is None:
-        extent = torch.tensor(sizes, device=student.device, dtype=rows.dtype)
-        inside = (rows[None, :, None] < extent[:, 0, None, None]) & (cols[None, None, :] < extent[:, 1, None, None])
-    else:
-        inside = torch.stack([on_boxes(rows, cols, b.to(rows.dtype), input_size[0] / height, input_size[1] / width)
-                              for b in boxes])
+def feature_mse(student: Tensor, teacher: Tensor, region: Tensor) -> Tensor:
+    """Mean squared difference of two ``(B, C, h, w)`` feature maps over the positions whose
+    cell of the input holds a pixel of ``region`` (``(B, 1, H, W)``,
+    :mod:`laudnet.detection.regions`: the images' unpadded area, or their object boxes);
+    0 when there is none."""
+    inside = cells(region, *student.shape[-2:])
     squared = (student - teacher).pow(2).mean(dim=1)
     return (squared * inside).sum() / inside.sum().clamp(min=1)
 
 
-def on_boxes(rows: Tensor, cols: Tensor, boxes: Tensor, cell_height: float, cell_width: float) -> Tensor:
-    """``(len(rows), len(cols))`` booleans: does the cell starting at ``(rows[r], cols[c])``
-    overlap one of the ``(n, 4)`` ``boxes``?"""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    in_rows = (rows[:, None] < y2) & (rows[:, None] + cell_height > y1)  # (h, n)
-    in_cols = (cols[:, None] < x2) & (cols[:, None] + cell_width > x1)  # (w, n)
-    return (in_rows[:, None, :] & in_cols[None, :, :]).any(dim=-1)
-
-
-def task_of(kind: str, temperature: float = 4.0, region: str = "image") -> Task:
-    """The task of a dataset kind (``DataInfo.task``) with its distillation settings:
-    the logits' ``temperature`` (classification), the features' ``region`` (detection)."""
+def task_of(kind: str, temperature: float = 4.0, region: str = "image", background_weight: float = 0.0) -> Task:
+    """The task of a dataset kind (``DataInfo.task``) with its loss settings: the logits'
+    ``temperature`` (classification), the features' ``region`` and the background weight
+    (detection)."""
     if kind == "detection":
-        return Detection(region)
+        return Detection(region, background_weight)
     if region != "image":
         raise ValueError(f"distillation region {region!r} needs a detection dataset; classification distils "
                          "the logits of the whole image")
+    if background_weight != 0:
+        raise ValueError(f"background weight {background_weight:g} needs a detection dataset, whose object "
+                         "boxes say what is background; classification has none (give 0)")
     return Classification(temperature)
 
 
