@@ -90,8 +90,8 @@ def coco_eval(ground_truth: dict, detections: list[dict], iou_type: str = "bbox"
 def box_overlap(model: nn.Module, boxes: list[Tensor]) -> dict[str, list[float]]:
     """:func:`~laudnet.metrics.patch_overlap` of a detector's backbone for each image's
     object ``boxes`` (``x1, y1, x2, y2`` in the resized image the backbone saw; the padded
-    area counts as patches). A patch is on an object when its area in the backbone's input
-    overlaps a box (max-pooled)."""
+    area counts as patches). A patch is on an object when its cell of the backbone's input
+    holds a pixel of a box (:func:`~laudnet.detection.regions.cells`)."""
     on_object = object_pixels(boxes, tuple(dynamic_networks(model)[0].input_shape[-2:]))
     return patch_overlap(model, lambda block, rows, cols: cells(on_object, rows, cols))
 

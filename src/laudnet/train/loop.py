@@ -120,7 +120,7 @@ class TrainConfig:
         check(self.distill_temperature > 0,
               f"distillation temperature must be positive, got {self.distill_temperature}")
         checks.choice("distillation region", self.distill_region, DISTILL_REGIONS)
-        check(self.background_weight >= 0, f"background weight must be non-negative, got {self.background_weight}")
+        checks.number("background weight", self.background_weight, 0.0)
         check(self.tau_schedule in SCHEDULES,
               f"temperature schedule {self.tau_schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         check(self.tau_start > 0 and self.tau_end > 0,

@@ -126,12 +126,12 @@ def background_loss(model: nn.Module, image: Tensor, objects: Tensor) -> Tensor:
     detection set show."""
     shares = []
     for _, block in dynamic_blocks(model):
-        patches = block.last.patches if block.last is not None else None
-        if patches is None:
+        record = block.last
+        if record is None or record.patches is None:
             continue
-        rows, cols = patches.shape[-2:]
+        rows, cols = record.patches.shape[-2:]
         background = cells(image, rows, cols) & ~cells(objects, rows, cols)
-        shares.append((patches * background).sum() / background.sum().clamp(min=1))
+        shares.append((record.patches * background).sum() / background.sum().clamp(min=1))
     return torch.stack(shares).mean() if shares else image.new_zeros(())
 
 
