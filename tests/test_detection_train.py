@@ -169,6 +169,10 @@ def test_detection_train_eval_report_from_the_command_line(tmp_path, capsys):
     assert result["latency"][2]["input"].startswith("1x3x96x")
     summary = (tmp_path / "s" / "eval.md").read_text()
     assert "COCO bbox: AP" in summary and "| kept on objects | all patches on objects |" in summary
+    assert result["trained_with"]["distill_region"] == "objects" and "lr" in result["trained_with"]
+    evaluated = result["evaluated"]
+    assert "cores" in evaluated["machine"] and "torch" in evaluated["machine"]
+    assert "distill_region objects" in summary and f"evaluated on {evaluated['date']}, {evaluated['machine']}" in summary
     assert all(0 < b["chance"] < 1 for b in result["blocks"])  # every block of the body is spatial
     assert json.loads((tmp_path / "t" / "eval.json").read_text())["latency"] == []
 

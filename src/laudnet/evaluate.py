@@ -12,8 +12,10 @@ rates measured on the test split against the same network without gates.
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -29,9 +31,11 @@ from .detection.detectors import max_size
 from .detection.metrics import evaluate_detector
 from .dynamic import dynamic_blocks, dynamic_networks, set_execution
 from .measure import interleaved, ratio
+from .measure.bench import machine_description
 from .latency.predictor import predict_walk, walk_network
 from .metrics import Totals, accumulate
 from .outputs import claim
+from .train.loop import TrainConfig
 
 EVAL_EXECUTIONS = ("sparse", "masked")
 
@@ -202,11 +206,20 @@ def _evaluate_into(state: dict, out_dir: Path, dataset: str | None, data: str | 
     result = {"checkpoint": state["path"], "model": spec.model, "paradigm": network.paradigm,
               "granularity": network.granularity, "dataset": eval_spec.dataset, "static_run": state["config"]["static"],
               "target": None if state["config"]["static"] else state["config"]["target"],
-              "epochs": state["epoch"], **figures}
+              "epochs": state["epoch"], "trained_with": training_settings(state["config"]),
+              "evaluated": {"date": datetime.date.today().isoformat(), "machine": machine_description()}, **figures}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "eval.md").write_text(summary_markdown(result))
     result["json"] = str(out_dir / "eval.json")
     return result
+
+
+def training_settings(config: dict) -> dict:
+    """The settings of a run that differ from ``laudnet train``'s defaults (what makes it
+    this run), leaving out those that only change its logs."""
+    quiet = ("log_every", "tensorboard", "progress_bar")
+    return {f.name: config[f.name] for f in fields(TrainConfig)
+            if f.name in config and f.name not in quiet and config[f.name] != f.default}
 
 
 def summary_markdown(result: dict) -> str:
@@ -216,6 +229,11 @@ def summary_markdown(result: dict) -> str:
         kind = "static (no gates)" if result["static_run"] else f"{result['paradigm']} (granularity {result['granularity']})"
         lines += [f"- model: {result['model']}, {kind}", f"- dataset: {result['dataset']} test split, "
                   f"{result['test_samples']} images"]
+    if "trained_with" in result:
+        settings = ", ".join(f"{name} {value}" for name, value in result["trained_with"].items())
+        lines.append(f"- trained with (the settings that differ from `laudnet train`'s defaults): {settings or 'none'}")
+    if "evaluated" in result:
+        lines.append(f"- evaluated on {result['evaluated']['date']}, {result['evaluated']['machine']}")
     detection = result.get("task") == "detection"
     if detection:
         for iou_type, metrics in result["coco"].items():
