@@ -17,11 +17,19 @@ interleaved in one process (shuffled, a 20 ms idle gap before each call); the sp
 median per-round ratio with its interquartile range. The whole detector is timed sparse
 against dense eager at batch 1, and at batch 2 with two sizes in one padded batch. Timings
 are measured, never asserted.
+
+``--blocks`` writes, instead, where the time goes (``blocks.md``): every piece of the sparse
+body (the stem, each block) against the same piece of the static body in channels-last
+eager, timed by hooks, with each block's activation rate and share of the static MACs.
 """
 
 import argparse
 import copy
 import json
+import random
+import statistics
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -32,8 +40,10 @@ import laudnet
 from laudnet.checkpoint import load_checkpoint, model_from_checkpoint
 from laudnet.data import ShapesDetection
 from laudnet.dynamic import dynamic_networks
+from laudnet.latency.predictor import walk_network
 from laudnet.measure import interleaved, ratio
 from laudnet.measure.bench import machine_description
+from laudnet.measure.pieces import piece_timer
 from laudnet.measure.runtimes import dense_baselines
 from laudnet.report import load_eval
 
@@ -62,18 +72,24 @@ def scenes(state: dict, size: int, count: int) -> list[torch.Tensor]:
     return [data[i][0] for i in range(count)]
 
 
-def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dict]:
-    """Backbone and detector speed of one dynamic checkpoint (see the module docstring)."""
+def detector_on_scenes(checkpoint: str, size: int, count: int) -> tuple[torch.nn.Module, list, list, torch.nn.Module]:
+    """The detector of ``checkpoint`` resizing to ``size``, ``count`` test scenes, the
+    backbone's inputs for them (transformed, batch 1) and its sparse body."""
     state = load_checkpoint(checkpoint)
     detector = model_from_checkpoint(state).eval()
     detector.transform.min_size, detector.transform.max_size = (size,), size
     images = scenes(state, size, count)
     with torch.no_grad():
         inputs = [detector.transform([image])[0].tensors for image in images]
-    body = dynamic_networks(detector)[0]
-    sparse_body = laudnet.set_execution(copy.deepcopy(body), "sparse").eval()
+    sparse_body = laudnet.set_execution(copy.deepcopy(dynamic_networks(detector)[0]), "sparse").eval()
+    return detector, images, inputs, sparse_body
+
+
+def speed_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dict]:
+    """Backbone and detector speed of one dynamic checkpoint (see the module docstring)."""
+    detector, images, inputs, sparse_body = detector_on_scenes(checkpoint, size, count)
     open_body = laudnet.set_decisions(copy.deepcopy(sparse_body), rate=1.0)
-    dense = {**dense_baselines(static_body(body), inputs[0]), "engine_gates_open": lambda: open_body(inputs[0])}
+    dense = {**dense_baselines(static_body(sparse_body), inputs[0]), "engine_gates_open": lambda: open_body(inputs[0])}
     candidates = {name: (lambda call=call: [call() for _ in inputs]) for name, call in dense.items()}
     candidates["sparse"] = lambda: [sparse_body(x) for x in inputs]
     rates = []
@@ -115,6 +131,55 @@ def detector_rows(checkpoint: str, detector: torch.nn.Module, images: list[torch
     return rows
 
 
+@torch.no_grad()
+def block_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dict]:
+    """Where the time goes: each piece of the sparse body (the stem, every block) against
+    the same piece of the static body in channels-last eager (the fastest eager way; the
+    static runtimes cannot be timed piece by piece), timed by hooks on every scene,
+    interleaved in shuffled order; per piece the medians over scenes and rounds, with the
+    block's activation rate and its share of the static MACs (halos included) on these scenes."""
+    _, _, inputs, sparse_body = detector_on_scenes(checkpoint, size, count)
+    inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+    bodies = {"sparse": sparse_body, "dense": static_body(sparse_body).to(memory_format=torch.channels_last)}
+    walks = {name: walk_network(body, size) for name, body in bodies.items()}
+    names = [walks["sparse"].segments[piece.indices[0]].name for piece in walks["sparse"].pieces()]
+    rates, macs = defaultdict(list), defaultdict(list)
+    for x in inputs:
+        sparse_body(x)
+        for block in laudnet.stats(sparse_body).blocks:
+            rates[block.name].append(float(block.rate.mean()))
+            macs[block.name].append(float(block.macs.mean()) / block.static_macs)
+    seconds: dict[str, list[list[float]]] = {name: [] for name in bodies}
+    order, shuffler = list(bodies), random.Random(0)
+    for round_ in range(repeats + 1):  # the first round warms up
+        for x in inputs:
+            shuffler.shuffle(order)
+            for name in order:
+                time.sleep(0.01)
+                with piece_timer(bodies[name], walks[name]) as times:
+                    bodies[name](x)
+                if round_:
+                    seconds[name].append(list(times))
+    rows = []
+    for index, name in enumerate(names):
+        dense_ms, sparse_ms = (1e3 * statistics.median(t[index] for t in seconds[kind]) for kind in ("dense", "sparse"))
+        rows.append({"run": Path(checkpoint).name, "size": size, "piece": "stem" if index == 0 else name,
+                     "rate": statistics.mean(rates[name]) if name in rates else None,
+                     "macs_ratio": statistics.mean(macs[name]) if name in macs else None,
+                     "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms})
+    return rows
+
+
+def blocks_markdown(rows: list[dict]) -> str:
+    lines = ["| run | size | piece | activation rate | MACs (of static) | dense ms (eager channels-last) | sparse ms "
+             "| speedup |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate, share = ("-", "-") if r["rate"] is None else (f"{r['rate']:.3f}", f"{r['macs_ratio']:.1%}")
+        lines.append(f"| {r['run']} | {r['size']} | {r['piece']} | {rate} | {share} | {r['dense_ms']:.2f} | "
+                     f"{r['sparse_ms']:.2f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(accuracy: list[dict], speed: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}", "", "| run | execution | epochs | AP | AP50 | AP75 | APs | APm | APl | "
              "backbone FLOPs | kept patches on objects (all patches) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -145,11 +210,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[512])
     parser.add_argument("--images", type=int, default=24, help="test scenes per size (the first ones are busier than the average)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--blocks", action="store_true",
+                        help="instead of the speed table, time every piece of the sparse and the static body "
+                             "(stem, blocks): blocks.md and blocks.json")
     args = parser.parse_args()
     machine = machine_description()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.blocks:
+        rows = [row for c in args.dynamic for size in args.size for row in block_rows(c, size, args.images, args.repeats)]
+        (args.out / "blocks.json").write_text(json.dumps({"machine": machine, "blocks": rows}, indent=2) + "\n")
+        (args.out / "blocks.md").write_text(f"Machine: {machine}\n\n" + blocks_markdown(rows))
+        print(blocks_markdown(rows))
+        return
     accuracy = [accuracy_row(e) for e in args.evals]
     speed = [row for c in args.dynamic for size in args.size for row in speed_rows(c, size, args.images, args.repeats)]
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps({"machine": machine, "accuracy": accuracy, "speed": speed},
                                                         indent=2) + "\n")
     (args.out / "detection.md").write_text(markdown(accuracy, speed, machine))
