@@ -26,9 +26,7 @@ eager, timed by hooks, with each block's activation rate and share of the static
 import argparse
 import copy
 import json
-import random
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from laudnet.dynamic import dynamic_networks
 from laudnet.latency.predictor import walk_network
 from laudnet.measure import interleaved, ratio
 from laudnet.measure.bench import machine_description
-from laudnet.measure.pieces import piece_timer
+from laudnet.measure.pieces import timed_pieces
 from laudnet.measure.runtimes import dense_baselines
 from laudnet.report import load_eval
 
@@ -149,17 +147,7 @@ def block_rows(checkpoint: str, size: int, count: int, repeats: int) -> list[dic
         for block in laudnet.stats(sparse_body).blocks:
             rates[block.name].append(float(block.rate.mean()))
             macs[block.name].append(float(block.macs.mean()) / block.static_macs)
-    seconds: dict[str, list[list[float]]] = {name: [] for name in bodies}
-    order, shuffler = list(bodies), random.Random(0)
-    for round_ in range(repeats + 1):  # the first round warms up
-        for x in inputs:
-            shuffler.shuffle(order)
-            for name in order:
-                time.sleep(0.01)
-                with piece_timer(bodies[name], walks[name]) as times:
-                    bodies[name](x)
-                if round_:
-                    seconds[name].append(list(times))
+    seconds = timed_pieces(bodies, walks, inputs, repeats, gap_s=0.01)
     rows = []
     for index, name in enumerate(names):
         dense_ms, sparse_ms = (1e3 * statistics.median(t[index] for t in seconds[kind]) for kind in ("dense", "sparse"))

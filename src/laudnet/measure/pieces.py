@@ -129,21 +129,35 @@ def measure_pieces(config: NetworkConfig, repeats: int = 5, seed: int = 0) -> li
         memory_format=torch.channels_last)
     walks = {"sparse": walk_network(dynamic, config.input_size), "static": walk_network(static, config.input_size)}
     models = {"sparse": dynamic, "static": static}
-    rounds: dict[str, list[list[float]]] = {name: [] for name in models}
     for name in models:
         models[name](x)  # warm-up: kernel choices, packing
-    order = list(models)
-    shuffler = random.Random(seed)
-    for _ in range(repeats + 1):
-        shuffler.shuffle(order)
-        for name in order:
-            with piece_timer(models[name], walks[name]) as times:
-                models[name](x)
-            rounds[name].append(list(times))
+    rounds = timed_pieces(models, walks, [x], repeats, seed)
     realized = stats(dynamic).mean_rates
     return [sample for name in models
             for sample in _piece_samples(walks[name], config.batch, realized if name == "sparse" else {},
-                                         rounds[name][1:], config.label, name)]
+                                         rounds[name], config.label, name)]
+
+
+@torch.no_grad()
+def timed_pieces(models: dict[str, nn.Module], walks: dict[str, NetworkWalk], inputs: list[torch.Tensor],
+                 repeats: int, seed: int = 0, gap_s: float = 0.0) -> dict[str, list[list[float]]]:
+    """Per model, the seconds of each piece of its walk (:func:`piece_timer`) for every
+    input in ``repeats`` rounds, the models interleaved in a shuffled order on each input
+    (``gap_s`` idle before each call), after one round that warms up and is dropped."""
+    rounds: dict[str, list[list[float]]] = {name: [] for name in models}
+    order = list(models)
+    shuffler = random.Random(seed)
+    for round_ in range(repeats + 1):
+        for x in inputs:
+            shuffler.shuffle(order)
+            for name in order:
+                if gap_s:
+                    time.sleep(gap_s)
+                with piece_timer(models[name], walks[name]) as times:
+                    models[name](x)
+                if round_:
+                    rounds[name].append(list(times))
+    return rounds
 
 
 def measure_networks(n: int, repeats: int = 5, seed: int = 0, progress: bool = True,
